@@ -1,0 +1,99 @@
+"""The API's exceptions, and the one handler that turns them into JSON errors.
+
+    ModelError                     the model directory cannot be served (startup)
+    ├── ModelMissingError          model.onnx / label.json absent
+    └── ModelInvalidError          unreadable, corrupt, or not the shape we serve
+    ApiError (500)                 raised by routes; rendered as {"error": "..."}
+    ├── BadRequestError (400)      malformed JSON
+    ├── InvalidInputError (422)    well-formed JSON the model cannot take
+    ├── UnsupportedMediaError (415)
+    ├── NotFoundError (404)
+    └── NotReadyError (503)        the model is not loaded (yet)
+
+FastAPI's RequestValidationError is translated to InvalidInputError / BadRequestError
+with the offending field named, so no client input produces a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class ModelError(Exception):
+    """The model directory cannot be served. Not an HTTP error: the process exits."""
+
+
+class ModelMissingError(ModelError):
+    pass
+
+
+class ModelInvalidError(ModelError):
+    pass
+
+
+class ApiError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequestError(ApiError):
+    status_code = 400
+
+
+class NotFoundError(ApiError):
+    status_code = 404
+
+
+class UnsupportedMediaError(ApiError):
+    status_code = 415
+
+
+class InvalidInputError(ApiError):
+    status_code = 422
+
+
+class NotReadyError(ApiError):
+    status_code = 503
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def _message(error: dict[str, Any]) -> str:
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def translate_validation_error(exc: RequestValidationError) -> ApiError:
+    errors = exc.errors()
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "JSON decode error")
+            return BadRequestError(f"malformed JSON: {detail}")
+    problems = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {_message(e)}" for e in errors[:5])
+    if len(errors) > 5:
+        problems += f"; and {len(errors) - 5} more"
+    return InvalidInputError(problems)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return await _api_error(request, translate_validation_error(exc))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

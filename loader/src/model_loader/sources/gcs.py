@@ -1,0 +1,188 @@
+"""gs://bucket/prefix/ — Google Cloud Storage, or an emulator via STORAGE_EMULATOR_HOST.
+
+Credentials: Application Default Credentials (Workload Identity, a key file named by
+GOOGLE_APPLICATION_CREDENTIALS, gcloud's user login) unless LOADER_GCS_ANONYMOUS is
+set. Against an emulator (STORAGE_EMULATOR_HOST=http://host:port) the client itself
+switches to anonymous credentials. Downloads are verified against the crc32c GCS
+reports (google-cloud-storage's `checksum="auto"`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry, if_exception_type
+from google.auth import exceptions as auth_exceptions
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption
+
+from model_loader.config import LoaderSettings
+from model_loader.errors import (
+    ConfigError,
+    IntegrityError,
+    LoaderError,
+    ObjectNotFoundError,
+    PermissionDeniedError,
+    SourceUnavailableError,
+)
+from model_loader.sources.base import RemoteObject
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+# Worth another try: the storage is not (yet) reachable, or said "try later".
+_transient = if_exception_type(
+    ConnectionError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    auth_exceptions.TransportError,
+    api_exceptions.TooManyRequests,
+    api_exceptions.InternalServerError,
+    api_exceptions.BadGateway,
+    api_exceptions.ServiceUnavailable,
+    api_exceptions.GatewayTimeout,
+)
+
+CREDENTIALS_HINT = (
+    "provide Application Default Credentials (Workload Identity on GKE, "
+    "GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json, or `gcloud auth application-default "
+    "login`), set LOADER_GCS_ANONYMOUS=true for a public bucket, or "
+    "STORAGE_EMULATOR_HOST=http://host:port for an emulator"
+)
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("gs://"):
+        raise ConfigError(f"MODEL_URI {uri!r}: expected gs://bucket/prefix/")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
+    if not bucket:
+        raise ConfigError(f"MODEL_URI {uri!r}: no bucket name")
+    return bucket, prefix
+
+
+class GcsSource:
+    def __init__(
+        self, uri: str, settings: LoaderSettings, client: storage.Client | None = None
+    ) -> None:
+        self.uri = uri
+        self.bucket_name, self.prefix = split_gs_uri(uri)
+        self._settings = settings
+        self._client = client
+        self._timeout = (CONNECT_TIMEOUT_SECONDS, settings.request_timeout_seconds)
+        self._retry = Retry(
+            predicate=_transient,
+            initial=0.5,
+            maximum=5.0,
+            multiplier=2.0,
+            timeout=settings.wait_seconds,
+            on_error=self._log_retry,
+        )
+        self._blobs: dict[str, storage.Blob] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+
+    def _log_retry(self, exc: BaseException) -> None:
+        log.warning("storage at %s not answering yet (%s); retrying", self.endpoint, _brief(exc))
+
+    @property
+    def client(self) -> storage.Client:
+        if self._client is None:
+            try:
+                if self._settings.gcs_anonymous:
+                    self._client = storage.Client.create_anonymous_client()
+                else:
+                    self._client = storage.Client(project=self._settings.gcs_project)
+            except auth_exceptions.DefaultCredentialsError as exc:
+                raise PermissionDeniedError(f"no Google credentials found: {CREDENTIALS_HINT}") from exc
+        return self._client
+
+    def list_objects(self) -> list[RemoteObject]:
+        # A prefix ends with '/'; without one, the URI may name a single object.
+        prefix = self.prefix if not self.prefix or self.prefix.endswith("/") else self.prefix + "/"
+        with self._translated(self.uri):
+            blobs = [
+                b
+                for b in self.client.list_blobs(
+                    self.bucket_name, prefix=prefix, retry=self._retry, timeout=self._timeout
+                )
+                if not b.name.endswith("/")  # folder placeholders
+            ]
+            if not blobs and not self.prefix.endswith("/") and self.prefix:
+                single = self.client.bucket(self.bucket_name).get_blob(
+                    self.prefix, retry=self._retry, timeout=self._timeout
+                )
+                if single is not None:
+                    prefix = self.prefix.rpartition("/")[0] + "/" if "/" in self.prefix else ""
+                    blobs = [single]
+        if not blobs:
+            raise ObjectNotFoundError(f"no objects under {self.uri}")
+        self._blobs = {b.name[len(prefix) :]: b for b in blobs}
+        return [
+            RemoteObject(
+                name=name,
+                uri=f"gs://{self.bucket_name}/{b.name}",
+                size=int(b.size or 0),
+                generation=str(b.generation) if b.generation is not None else None,
+                md5=b.md5_hash,
+                crc32c=b.crc32c,
+            )
+            for name, b in self._blobs.items()
+        ]
+
+    def download(self, obj: RemoteObject, dest: Path) -> None:
+        blob = self._blobs[obj.name]
+        with self._translated(obj.uri):
+            try:
+                blob.download_to_filename(
+                    str(dest), checksum="auto", retry=self._retry, timeout=self._timeout
+                )
+            except DataCorruption as exc:
+                raise IntegrityError(f"{obj.uri}: checksum mismatch on download ({exc})") from exc
+
+    @contextlib.contextmanager
+    def _translated(self, uri: str) -> Iterator[None]:
+        """Map google-cloud-storage / api-core / auth exceptions to loader errors."""
+        try:
+            yield
+        except LoaderError:
+            raise
+        except api_exceptions.RetryError as exc:
+            cause = exc.cause or exc
+            raise SourceUnavailableError(
+                f"storage at {self.endpoint} not reachable within "
+                f"{self._settings.wait_seconds:g} s ({_brief(cause)})"
+            ) from exc
+        except api_exceptions.NotFound as exc:
+            raise ObjectNotFoundError(f"{uri}: {_brief(exc)}") from exc
+        except (api_exceptions.Unauthorized, api_exceptions.Forbidden) as exc:
+            raise PermissionDeniedError(f"{uri}: {_brief(exc)}") from exc
+        except (auth_exceptions.DefaultCredentialsError, auth_exceptions.RefreshError) as exc:
+            raise PermissionDeniedError(
+                f"{uri}: credentials rejected ({_brief(exc)}); {CREDENTIALS_HINT}"
+            ) from exc
+        except Exception as exc:
+            if _transient(exc):
+                raise SourceUnavailableError(
+                    f"storage at {self.endpoint} failed for {uri} ({_brief(exc)})"
+                ) from exc
+            raise
+
+
+def _brief(exc: BaseException) -> str:
+    """One short line: the exception's name and the root of its message."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        # urllib3 buries the cause: "...Max retries exceeded ... (Caused by ...: [Errno 111] ...")"
+        cause = re.search(r"Failed to resolve '[^']*'|\[Errno -?\d+\][^\"')]*", text)
+        text = cause.group(0) if cause else text
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

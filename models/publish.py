@@ -1,0 +1,65 @@
+"""Publish a model version directory to a bucket: the Model-Load way to ship a model.
+
+    uv run python models/publish.py models/iris_svc/v2 gs://ml-models/iris_svc/v2/
+
+Talks to the local emulator when STORAGE_EMULATOR_HOST is set (`make publish` sets it
+to the compose stack's fake-gcs on 127.0.0.1), otherwise to real GCS with Application
+Default Credentials. Refuses to overwrite an existing version: versions are immutable,
+publish a new one instead. model.onnx is uploaded last, so a loader listing the prefix
+mid-upload finds no model and fails loudly instead of loading a partial version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from google.api_core.exceptions import GoogleAPIError, PreconditionFailed
+from google.cloud import storage
+
+LAST = "model.onnx"
+
+
+def publish(src: Path, uri: str, client: storage.Client) -> list[str]:
+    if not uri.startswith("gs://") or not uri.endswith("/"):
+        raise ValueError(f"{uri!r}: expected gs://bucket/prefix/ (with the trailing slash)")
+    bucket_name, _, prefix = uri[len("gs://") :].partition("/")
+    files = sorted(
+        (p for p in src.rglob("*") if p.is_file() and p.suffix != ".py"),
+        key=lambda p: (p.name == LAST, p.as_posix()),
+    )
+    if not any(p.name == LAST for p in files):
+        raise ValueError(f"{src}: no {LAST} to publish")
+    existing = list(client.list_blobs(bucket_name, prefix=prefix, max_results=1))
+    if existing:
+        raise ValueError(f"{uri} already exists; publish a new version instead")
+    bucket = client.bucket(bucket_name)
+    published = []
+    for path in files:
+        name = prefix + path.relative_to(src).as_posix()
+        # if_generation_match=0: create only, never overwrite.
+        bucket.blob(name).upload_from_filename(str(path), if_generation_match=0)
+        published.append(f"gs://{bucket_name}/{name}")
+    return published
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path, help="a version directory, e.g. models/iris_svc/v2")
+    parser.add_argument("uri", help="destination prefix, e.g. gs://ml-models/iris_svc/v2/")
+    args = parser.parse_args()
+    try:
+        for uri in publish(args.src, args.uri, storage.Client()):
+            print(f"published {uri}")
+    except (ValueError, PreconditionFailed) as exc:
+        print(f"publish: {exc}", file=sys.stderr)
+        return 2
+    except GoogleAPIError as exc:
+        print(f"publish: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
