@@ -53,13 +53,18 @@ def train(svc_c: float = 1.0) -> tuple[Pipeline, float, dict[str, str]]:
     """Fit the classifier; return it, its held-out accuracy and the label map."""
     iris = load_iris()
     x_train, x_test, y_train, y_test = train_test_split(
-        iris.data, iris.target, test_size=TEST_SIZE, random_state=RANDOM_STATE,
+        iris.data,
+        iris.target,
+        test_size=TEST_SIZE,
+        random_state=RANDOM_STATE,
         stratify=iris.target,
     )
-    model = Pipeline([
-        ("scaler", StandardScaler()),
-        ("svc", SVC(C=svc_c, probability=True, random_state=RANDOM_STATE)),
-    ])
+    model = Pipeline(
+        [
+            ("scaler", StandardScaler()),
+            ("svc", SVC(C=svc_c, probability=True, random_state=RANDOM_STATE)),
+        ]
+    )
     with _svc_probability_deprecation_ignored():
         model.fit(x_train, y_train)
     labels = {str(i): str(name) for i, name in enumerate(iris.target_names)}
@@ -88,7 +93,9 @@ def export(out_dir: Path, svc_c: float = 1.0) -> Pipeline:
     (out_dir / "model.onnx").write_bytes(to_onnx(model, n_features))
     (out_dir / "label.json").write_text(json.dumps(labels) + "\n")
     (out_dir / "sample.json").write_text(json.dumps({"data": [SAMPLE_ROW]}) + "\n")
-    print(f"wrote {out_dir}/model.onnx, label.json and sample.json (held-out accuracy {accuracy:.3f})")
+    print(
+        f"wrote {out_dir}/model.onnx, label.json and sample.json (held-out accuracy {accuracy:.3f})"
+    )
     return model
 
 
@@ -99,10 +106,15 @@ def predict_proba(model: Pipeline, rows: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"output directory (default: {DEFAULT_OUT})")
-    parser.add_argument("--svc-c", type=float, default=1.0,
-                        help="the SVC's regularisation C (default 1.0: the committed v1)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--svc-c",
+        type=float,
+        default=1.0,
+        help="the SVC's regularisation C (default 1.0: the committed v1)",
+    )
     args = parser.parse_args()
     export(args.out, args.svc_c)
 

@@ -50,9 +50,7 @@ def main() -> None:
         uvicorn.run(create_app(settings, model), **common)
     else:
         del model  # each worker process loads its own copy
-        uvicorn.run(
-            "model_api.main:app_from_env", factory=True, workers=settings.workers, **common
-        )
+        uvicorn.run("model_api.main:app_from_env", factory=True, workers=settings.workers, **common)
 
 
 if __name__ == "__main__":

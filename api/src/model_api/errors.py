@@ -78,6 +78,10 @@ def translate_validation_error(exc: RequestValidationError) -> ApiError:
         if err.get("type") == "json_invalid":
             detail = (err.get("ctx") or {}).get("error", "JSON decode error")
             return BadRequestError(f"malformed JSON: {detail}")
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return BadRequestError(
+            'empty request body; send JSON like {"data": [[5.1, 3.5, 1.4, 0.2]]}'
+        )
     problems = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {_message(e)}" for e in errors[:5])
     if len(errors) > 5:
         problems += f"; and {len(errors) - 5} more"

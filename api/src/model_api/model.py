@@ -110,7 +110,11 @@ class OnnxModel:
         model.load_seconds = time.monotonic() - started
         log.info(
             "loaded %s %s from %s (sha256 %s…) in %.3f s",
-            model.name, model.version, path, sha256[:12], model.load_seconds,
+            model.name,
+            model.version,
+            path,
+            sha256[:12],
+            model.load_seconds,
         )
         return model
 
@@ -155,7 +159,8 @@ def _signature(session: ort.InferenceSession, n_labels: int, path: Path) -> tupl
     if n_features < 1:
         raise ModelInvalidError(f"{path}: the input's feature dimension must be fixed")
     probabilities = [
-        o for o in (TensorSpec.from_ort(o) for o in session.get_outputs())
+        o
+        for o in (TensorSpec.from_ort(o) for o in session.get_outputs())
         if o.datatype == "FP32" and len(o.shape) == 2
     ]
     if not probabilities:

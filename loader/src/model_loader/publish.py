@@ -98,7 +98,12 @@ def load(settings: LoaderSettings, source: Source) -> LoadResult:
     _prune(model_dir, keep=target.name)
     log.info(
         "published %s %s (%d files, %d bytes) in %.2f s -> %s",
-        name, version, len(objects), total, time.monotonic() - started, model_dir / CURRENT,
+        name,
+        version,
+        len(objects),
+        total,
+        time.monotonic() - started,
+        model_dir / CURRENT,
     )
     return LoadResult("published", target, manifest)
 
@@ -165,11 +170,15 @@ def _same(
     manifest: dict[str, Any], uri: str, name: str, version: str, objects: list[RemoteObject]
 ) -> bool:
     if (manifest.get("source_uri"), manifest.get("model_name"), manifest.get("model_version")) != (
-        uri, name, version,
+        uri,
+        name,
+        version,
     ):
         return False
     try:
-        recorded = sorted(RemoteObject(**_remote_fields(e)).fingerprint() for e in manifest["objects"])
+        recorded = sorted(
+            RemoteObject(**_remote_fields(e)).fingerprint() for e in manifest["objects"]
+        )
     except (KeyError, TypeError):
         return False
     return recorded == sorted(o.fingerprint() for o in objects)
@@ -234,7 +243,7 @@ def _fsync_dir(path: Path) -> None:
 def _commit(model_dir: Path, staging: Path, name: str, version: str) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}-{version}")
-    target = model_dir / VERSIONS / f"{stamp}-{safe}-{staging.name[len(STAGING_PREFIX):]}"
+    target = model_dir / VERSIONS / f"{stamp}-{safe}-{staging.name[len(STAGING_PREFIX) :]}"
     os.rename(staging, target)
     link_tmp = model_dir / f".{CURRENT}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):

@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry, if_exception_type
@@ -103,7 +104,9 @@ class GcsSource:
                 else:
                     self._client = storage.Client(project=self._settings.gcs_project)
             except auth_exceptions.DefaultCredentialsError as exc:
-                raise PermissionDeniedError(f"no Google credentials found: {CREDENTIALS_HINT}") from exc
+                raise PermissionDeniedError(
+                    f"no Google credentials found: {CREDENTIALS_HINT}"
+                ) from exc
         return self._client
 
     def list_objects(self) -> list[RemoteObject]:

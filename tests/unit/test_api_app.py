@@ -1,0 +1,138 @@
+"""model_api.main: the seed's HTTP contract, in process (FastAPI's TestClient)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model_api.config import ApiSettings
+from model_api.main import create_app
+from model_api.model import OnnxModel
+from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
+
+
+def make_settings(**env: str) -> ApiSettings:
+    return ApiSettings(MODEL_DIR=str(MODEL_V1), **env)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    app = create_app(make_settings(MAX_BATCH_SIZE="200"))
+    with TestClient(app) as c:  # runs the lifespan: load + warm-up
+        yield c
+
+
+def test_health_is_the_seeds(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200 and response.json() == {"health": "ok"}
+
+
+def test_ready_names_the_model(client: TestClient) -> None:
+    assert client.get("/ready").json() == {
+        "ready": True,
+        "model_name": "iris_svc",
+        "model_version": "v1",
+    }
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/health/live").json() == {"live": True}
+
+
+def test_not_ready_before_the_lifespan_ran() -> None:
+    app = create_app(make_settings())
+    client = TestClient(app)  # no `with`: no lifespan, no model
+    assert client.get("/health").status_code == 200
+    assert client.get("/ready").status_code == 503
+    assert client.get("/v2/health/ready").status_code == 503
+    response = client.post("/predict", json={"data": [SETOSA]})
+    assert response.status_code == 503 and "not loaded" in response.json()["error"]
+
+
+def test_single_row_returns_one_probability_list(client: TestClient) -> None:
+    prediction = client.post("/predict", json={"data": [SETOSA]}).json()["prediction"]
+    assert len(prediction) == 3 and abs(sum(prediction) - 1) < 1e-5
+    assert prediction[0] > 0.9
+
+
+def test_batch_returns_one_result_per_row_in_order(client: TestClient) -> None:
+    rows = [SETOSA, VIRGINICA, SETOSA]
+    probabilities = client.post("/predict", json={"data": rows}).json()["prediction"]
+    assert [max(range(3), key=p.__getitem__) for p in probabilities] == [0, 2, 0]
+    labels = client.post("/predict/label", json={"data": rows}).json()["prediction"]
+    assert labels == ["setosa", "virginica", "setosa"]
+
+
+def test_label_routes(client: TestClient) -> None:
+    assert client.post("/predict/label", json={"data": [VIRGINICA]}).json() == {
+        "prediction": "virginica"
+    }
+    assert client.get("/label").json() == {"0": "setosa", "1": "versicolor", "2": "virginica"}
+    assert client.get("/predict/test/label").json() == {"prediction": "setosa"}
+    assert len(client.get("/predict/test").json()["prediction"]) == 3
+
+
+def test_metadata_describes_the_model(client: TestClient) -> None:
+    body = client.get("/metadata").json()
+    assert body["model_name"] == "iris_svc" and len(body["sha256"]) == 64
+    assert body["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]} in body["outputs"]
+    assert body["labels"] == ["setosa", "versicolor", "virginica"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        ('{"data": [[6.3, 3.3, 6.0]]}', 422, "data.0: has 3 values; the model takes 4"),
+        ('{"data": [[1, 2, 3, 4], [1, 2, 3, 4, 5]]}', 422, "data.1: has 5 values"),
+        ('{"data": []}', 422, "data: List should have at least 1 item"),
+        ('{"data": [[NaN, 1, 2, 3]]}', 422, "data.0.0: must be a finite number"),
+        ('{"data": [[1, Infinity, 2, 3]]}', 422, "data.0.1: must be a finite number"),
+        ('{"data": [[1, 2, true, 3]]}', 422, "data.0.2: must be a number, got bool"),
+        ('{"data": [[1, 2, 3, "4"]]}', 422, "data.0.3: must be a number, got str"),
+        ('{"data": [[1, 2, 3, null]]}', 422, "data.0.3: must be a number, got NoneType"),
+        ('{"data": [[[1], 2, 3, 4]]}', 422, "data.0.0: must be a number, got list"),
+        ('{"data": 5}', 422, "data: Input should be a valid list"),
+        ('{"rows": [[1, 2, 3, 4]]}', 422, "data: Field required"),
+        ("[1, 2]", 422, "body: Input should be a valid dictionary"),
+        ('{"data": [[1, 2, 3, 4]]', 400, "malformed JSON"),
+        ("", 400, "empty request body"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_problem(
+    client: TestClient, body: str, status: int, names: str
+) -> None:
+    for path in ("/predict", "/predict/label"):
+        response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == status, response.text
+        assert names in response.json()["error"]
+
+
+def test_batch_over_the_limit(client: TestClient) -> None:
+    response = client.post("/predict", json={"data": [SETOSA] * 201})
+    assert response.status_code == 422
+    assert "201 rows exceed MAX_BATCH_SIZE=200" in response.json()["error"]
+
+
+def test_wrong_content_type_is_415(client: TestClient) -> None:
+    response = client.post(
+        "/predict", content='{"data": [[1, 2, 3, 4]]}', headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    assert client.get("/nope").status_code == 404
+    assert client.get("/predict").status_code == 405
+
+
+def test_model_without_sample_answers_404_on_test_routes(tmp_path: Path) -> None:
+    shutil.copytree(MODEL_V1, tmp_path / "v1")
+    (tmp_path / "v1" / "sample.json").unlink()
+    app = create_app(make_settings(), OnnxModel.load(tmp_path / "v1"))
+    with TestClient(app) as c:
+        response = c.get("/predict/test")
+    assert response.status_code == 404 and "ships no sample.json" in response.json()["error"]
