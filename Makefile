@@ -7,6 +7,9 @@ COMPOSE ?= docker compose
 API_HOST_PORT ?= 8000
 FAKE_GCS_HOST_PORT ?= 4443
 PYTEST_ARGS ?=
+# Each image's pinned, hashed requirements, from the one uv.lock (used in a loop over $$svc).
+EXPORT = uv export --frozen --package model-$$svc --no-dev --no-emit-workspace --no-header \
+	--format requirements-txt --quiet
 
 .PHONY: help
 help: ## list the targets
@@ -63,8 +66,7 @@ lint: venv ## ruff, and the per-image lock files match uv.lock
 	uv run --frozen ruff check .
 	uv run --frozen ruff format --check .
 	@for svc in api loader; do \
-	  uv export --frozen --package model-$$svc --no-dev --no-emit-workspace --format requirements-txt --quiet \
-	    | diff -q - $$svc/requirements.lock >/dev/null \
+	  $(EXPORT) | cmp -s - $$svc/requirements.lock \
 	    || { echo "$$svc/requirements.lock is stale: run make lock"; exit 1; }; \
 	done
 
@@ -74,7 +76,4 @@ fmt: venv ## format and auto-fix
 
 lock: ## re-resolve uv.lock and export each image's hashed requirements
 	uv lock
-	@for svc in api loader; do \
-	  uv export --frozen --package model-$$svc --no-dev --no-emit-workspace --format requirements-txt --quiet \
-	    -o $$svc/requirements.lock; \
-	done
+	@for svc in api loader; do $(EXPORT) > $$svc/requirements.lock; done

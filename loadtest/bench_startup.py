@@ -37,20 +37,27 @@ def free_port() -> int:
 def compose(env: dict[str, str], *args: str) -> None:
     subprocess.run(
         ["docker", "compose", "--project-directory", str(ROOT), "-p", PROJECT, *args],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 
 def timestamps(env: dict[str, str]) -> dict[str, dict[str, datetime]]:
     ids = subprocess.run(
         ["docker", "compose", "--project-directory", str(ROOT), "-p", PROJECT, "ps", "-a", "-q"],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     out = {}
     for c in json.loads(subprocess.check_output(["docker", "inspect", *ids])):
         state = c["State"]
         out[c["Config"]["Labels"]["com.docker.compose.service"]] = {
-            k: datetime.fromisoformat(state[k][:26].rstrip("Z")) for k in ("StartedAt", "FinishedAt")
+            k: datetime.fromisoformat(state[k][:26].rstrip("Z"))
+            for k in ("StartedAt", "FinishedAt")
         }
     return out
 
@@ -88,16 +95,24 @@ def main() -> None:
         for i in range(args.runs):
             total, loader, api = one_run(env, url)
             runs.append((total, loader, api))
-            print(f"run {i + 1}: up -d -> ready {total:.2f} s (loader ran {loader:.2f} s, "
-                  f"api start -> ready {api:.2f} s)")
+            print(
+                f"run {i + 1}: up -d -> ready {total:.2f} s (loader ran {loader:.2f} s, "
+                f"api start -> ready {api:.2f} s)"
+            )
     finally:
         compose(env, "down", "-v")
     med = [statistics.median(r[i] for r in runs) for i in range(3)]
-    print(f"median of {len(runs)}: up -d -> ready {med[0]:.2f} s; loader {med[1]:.2f} s; "
-          f"api start -> ready {med[2]:.2f} s")
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{platform.system()} {platform.release()}, docker "
-          + subprocess.check_output(["docker", "version", "--format", "{{.Server.Version}}"], text=True).strip())
+    print(
+        f"median of {len(runs)}: up -d -> ready {med[0]:.2f} s; loader {med[1]:.2f} s; "
+        f"api start -> ready {med[2]:.2f} s"
+    )
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{platform.system()} {platform.release()}, docker "
+        + subprocess.check_output(
+            ["docker", "version", "--format", "{{.Server.Version}}"], text=True
+        ).strip()
+    )
 
 
 if __name__ == "__main__":
