@@ -11,6 +11,8 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +48,7 @@ class Stack:
 
     project: str
     env: dict[str, str] = field(default_factory=dict)
+    overrides: list[Path] = field(default_factory=list)  # extra compose files, applied last
 
     def __post_init__(self) -> None:
         self.api_port = free_port()
@@ -76,6 +79,7 @@ class Stack:
                 str(ROOT),
                 "-f",
                 str(ROOT / "compose.yaml"),
+                *(arg for path in self.overrides for arg in ("-f", str(path))),
                 "-p",
                 self.project,
                 *args,
@@ -92,7 +96,7 @@ class Stack:
             )
         return result
 
-    def containers(self) -> dict[str, dict[str, object]]:
+    def containers(self) -> dict[str, dict[str, Any]]:
         """service -> `docker inspect` of its container (stopped ones included)."""
         ids = self.compose("ps", "-a", "-q").stdout.split()
         if not ids:
@@ -118,6 +122,9 @@ class Stack:
             text=True,
             check=True,
         ).stdout.split()
+
+    def inspect(self, service: str) -> dict[str, Any]:
+        return self.containers()[service]
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", timeout=120)
