@@ -156,7 +156,7 @@ def podman(
         yield pm
     finally:
         for pod in ("model-load-api-pod-0", "fake-gcs-pod-0"):
-            pm("pod", "rm", "--force", "--ignore", pod, check=False)
+            pm("pod", "rm", "--force", "--ignore", "--time", "2", pod, check=False)
         pm("network", "rm", "--force", network, check=False)
         pm("rmi", "--all", "--force", check=False)
         shutil.rmtree(base, ignore_errors=True)
