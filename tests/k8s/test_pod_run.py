@@ -5,7 +5,8 @@ Deployment with its ConfigMap, on the images compose builds.
 Proves: the initContainer runs to completion and fills the emptyDir; the API starts on
 the read-only mount and answers the seed's setosa example; the securityContext holds
 (non-root UID/GID 10001, no capabilities, no privilege escalation, seccomp, read-only
-root with a writable /tmp).
+root with a writable /tmp); a loader that fails (a version not in the bucket: exit 4)
+keeps the API container from ever starting.
 
 What podman 4.3 cannot do is adapted here, in the harness, never in k8s/ (README,
 "Testing the manifests"): restartPolicy Never (podman restarts a finished init container
@@ -155,7 +156,7 @@ def podman(
     try:
         yield pm
     finally:
-        for pod in ("model-load-api-pod-0", "fake-gcs-pod-0"):
+        for pod in ("model-load-api-pod-0", "model-load-v404-pod-0", "fake-gcs-pod-0"):
             pm("pod", "rm", "--force", "--ignore", "--time", "2", pod, check=False)
         pm("network", "rm", "--force", network, check=False)
         pm("rmi", "--all", "--force", check=False)
@@ -195,7 +196,8 @@ def pod(
     played = podman("kube", "play", "--network", network, str(work / "model.yaml"), check=False)
     assert played.returncode == 0, f"the loader or the API did not start:\n{played.stderr[-3000:]}"
     api_ip = podman.ip("model-load-api-pod-0")
-    return {"api_ip": api_ip, "spec": pod_spec(api), "podman": podman}
+    return {"api_ip": api_ip, "spec": pod_spec(api), "podman": podman, "gcs_ip": gcs_ip,
+            "network": network, "work": work}  # fmt: skip
 
 
 def api_exec(pod: dict[str, Any], code: str) -> Any:
@@ -263,3 +265,30 @@ def test_the_security_context_is_honoured(pod: dict[str, Any]) -> None:
     state = pod["podman"].inspect("model-load-api-pod-0-api")
     assert state["HostConfig"]["ReadonlyRootfs"] is True
     assert state["Config"]["User"] == "10001:10001"
+
+
+def test_a_failing_loader_keeps_the_api_from_starting(
+    pod: dict[str, Any], minikube: list[Doc]
+) -> None:
+    """The same Deployment with a version that is not in the bucket: the initContainer
+    exits 4 (not found) and the API container never runs."""
+    api = copy.deepcopy(find(minikube, "Deployment", "model-load-api"))
+    api["metadata"]["name"] = "model-load-v404"
+    config = copy.deepcopy(find(minikube, "ConfigMap"))
+    config["data"]["MODEL_URI"] = "gs://ml-models/iris_svc/v404/"
+    adapted = for_podman(api, hostAliases=[{"ip": pod["gcs_ip"], "hostnames": ["fake-gcs"]}])
+    path = pod["work"] / "v404.yaml"
+    path.write_text(yaml.safe_dump_all([config, adapted]))
+    podman = pod["podman"]
+    played = podman("kube", "play", "--network", pod["network"], str(path), check=False)
+    try:
+        assert played.returncode != 0
+        assert "exited with code 4" in played.stderr, played.stderr[-2000:]
+        loader = podman.inspect("model-load-v404-pod-0-loader")["State"]
+        api_state = podman.inspect("model-load-v404-pod-0-api")["State"]
+        assert (loader["Status"], loader["ExitCode"]) == ("exited", 4)
+        assert api_state["Status"] == "created", "the API container must never have run"
+    finally:
+        podman(
+            "pod", "rm", "--force", "--ignore", "--time", "2", "model-load-v404-pod-0", check=False
+        )
