@@ -45,12 +45,34 @@ publish: venv ## upload a version directory to the running stack's bucket
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
+# --- Kubernetes (minikube) ------------------------------------------------------
+# k8s/ names the compose images with this tag; k8s-images builds exactly those names
+# inside minikube's Docker (tests/k8s checks the two agree).
+K8S_IMAGE_TAG := dev
+KUBECTL ?= uv run --frozen kubectl
+MINIKUBE ?= minikube
+OVERLAY ?= minikube
+K8S_LOCAL_PORT ?= 8080
+.PHONY: k8s-images k8s-up k8s-down k8s-render
+k8s-images: ## build model-load/{api,loader,fake-gcs}:dev inside minikube's Docker
+	eval "$$($(MINIKUBE) docker-env)" && IMAGE_TAG=$(K8S_IMAGE_TAG) $(COMPOSE) build
+
+k8s-up: venv ## minikube: apply the overlay, wait for the rollout, smoke-test /predict
+	$(KUBECTL) apply -k k8s/overlays/minikube
+	KUBECTL="$(KUBECTL)" bash k8s/smoke-test.sh $(K8S_LOCAL_PORT)
+
+k8s-down: venv ## minikube: delete everything k8s-up created (the namespace with it)
+	$(KUBECTL) delete -k k8s/overlays/minikube --ignore-not-found
+
+k8s-render: venv ## print the rendered manifests of OVERLAY (minikube, gke)
+	@$(KUBECTL) kustomize k8s/overlays/$(OVERLAY)
+
 # --- development --------------------------------------------------------------
-.PHONY: venv test test-unit test-integration test-e2e lint fmt lock
+.PHONY: venv test test-unit test-integration test-e2e test-k8s lint fmt lock
 venv:
 	@uv sync --frozen --quiet
 
-test: venv lint ## everything: lint, unit, integration (real processes), e2e (real Compose)
+test: venv lint ## everything: lint, unit, integration (real processes), e2e (Compose), k8s
 	uv run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: venv ## no network, no Docker
@@ -61,6 +83,9 @@ test-integration: venv ## fake-gcs-server binary, loader and API as processes on
 
 test-e2e: venv ## the compose stack in Docker
 	uv run --frozen pytest tests/e2e $(PYTEST_ARGS)
+
+test-k8s: venv ## render + validate the manifests, compose parity, the pod under podman
+	uv run --frozen pytest tests/k8s $(PYTEST_ARGS)
 
 lint: venv ## ruff, and the per-image lock files match uv.lock
 	uv run --frozen ruff check .

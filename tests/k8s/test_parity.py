@@ -1,0 +1,122 @@
+"""compose.yaml and the minikube overlay describe the same pod: a change to one that
+forgets the other fails here. Compose is read through `docker compose config` (the real
+interpolation, at the defaults a fresh checkout gets)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import Doc, compose_config, find, pod_spec
+
+# compose service -> (Deployment, container) in the minikube overlay
+PAIRS = {
+    "loader": ("model-load-api", "loader"),
+    "api": ("model-load-api", "api"),
+    "fake-gcs": ("fake-gcs", "fake-gcs"),
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Doc]:
+    return compose_config()["services"]
+
+
+def container(docs: list[Doc], service: str) -> Doc:
+    deployment, name = PAIRS[service]
+    spec = pod_spec(find(docs, "Deployment", deployment))
+    return next(
+        c for c in [*spec.get("initContainers", []), *spec["containers"]] if c["name"] == name
+    )
+
+
+def env_of(docs: list[Doc], c: Doc) -> dict[str, str]:
+    """The environment a container gets: its envFrom ConfigMaps, then its env."""
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in c.get("env", [])})
+    return env
+
+
+def test_every_compose_service_has_its_container(compose: dict[str, Doc]) -> None:
+    assert set(compose) == set(PAIRS)
+
+
+@pytest.mark.parametrize("service", ["loader", "api"])
+def test_same_environment_names_and_values(
+    compose: dict[str, Doc], minikube: list[Doc], service: str
+) -> None:
+    k8s_env = env_of(minikube, container(minikube, service))
+    compose_env = {k: str(v) for k, v in compose[service]["environment"].items()}
+    # Each compose service's variables, with its values, reach the container...
+    assert {k: k8s_env.get(k) for k in compose_env} == compose_env
+    # ...and the shared ConfigMap holds nothing compose sets for neither service.
+    both = {**compose["loader"]["environment"], **compose["api"]["environment"]}
+    assert sorted(set(k8s_env) - set(both)) == []
+
+
+@pytest.mark.parametrize("service", ["loader", "api"])
+def test_same_mount_paths_and_read_only_ness(
+    compose: dict[str, Doc], minikube: list[Doc], service: str
+) -> None:
+    c = container(minikube, service)
+    spec = pod_spec(find(minikube, "Deployment", PAIRS[service][0]))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    k8s_mounts = {m["mountPath"]: bool(m.get("readOnly")) for m in c["volumeMounts"]}
+    compose_mounts = {
+        v["target"]: bool(v.get("read_only")) for v in compose[service].get("volumes", [])
+    }
+    # compose's tmpfs /tmp (size=16m) is the pod's /tmp emptyDir (16Mi).
+    for entry in compose[service].get("tmpfs", []):
+        path, _, options = entry.partition(":")
+        compose_mounts[path] = False
+        size = re.search(r"size=(\d+)m", options)
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == path)
+        assert size and volumes[mount["name"]]["emptyDir"]["sizeLimit"] == f"{size[1]}Mi"
+    assert k8s_mounts == compose_mounts
+
+
+@pytest.mark.parametrize("service", ["loader", "api", "fake-gcs"])
+def test_same_command_and_entrypoint(
+    compose: dict[str, Doc], minikube: list[Doc], service: str
+) -> None:
+    c = container(minikube, service)
+    assert c.get("command") == compose[service].get("entrypoint")
+    assert c.get("args") == compose[service].get("command")
+
+
+@pytest.mark.parametrize("service", ["loader", "api"])
+def test_same_user_and_hardening(
+    compose: dict[str, Doc], minikube: list[Doc], service: str
+) -> None:
+    sc: dict[str, Any] = container(minikube, service)["securityContext"]
+    hardening = compose[service]
+    assert hardening["user"] == f"{sc['runAsUser']}:{sc['runAsGroup']}"
+    assert hardening["read_only"] is sc["readOnlyRootFilesystem"] is True
+    assert hardening["cap_drop"] == sc["capabilities"]["drop"] == ["ALL"]
+    assert "no-new-privileges:true" in hardening["security_opt"]
+    assert sc["allowPrivilegeEscalation"] is False
+
+
+def test_same_probe_endpoints(compose: dict[str, Doc], minikube: list[Doc]) -> None:
+    api = container(minikube, "api")
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    healthcheck = " ".join(compose["api"]["healthcheck"]["test"])
+    match = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/]+)", healthcheck)
+    assert match, healthcheck
+    for probe in ("startupProbe", "readinessProbe"):
+        get = api[probe]["httpGet"]
+        assert (ports.get(get["port"], get["port"]), get["path"]) == (int(match[1]), match[2])
+    # The port compose publishes is the one the container declares.
+    published = {p["target"] for p in compose["api"]["ports"]}
+    assert published == set(ports.values())
+    gcs_published = {p["target"] for p in compose["fake-gcs"]["ports"]}
+    assert gcs_published == {p["containerPort"] for p in container(minikube, "fake-gcs")["ports"]}
+
+
+def test_same_images(compose: dict[str, Doc], minikube: list[Doc]) -> None:
+    for service in PAIRS:
+        assert container(minikube, service)["image"] == compose[service]["image"], service
