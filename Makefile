@@ -53,9 +53,10 @@ SPAWN_RATE ?= 10
 DURATION ?= 30s
 P99_MS ?= 100
 MIN_RPS ?= 20
-STEPS ?= 4,16,32,64,96,128,160,192,256
+STEPS ?= 4,16,32,48,64,80,96,128,192
 STEP_SECONDS ?= 15
 SETTLE_SECONDS ?= 5
+API_CONTAINER ?=
 LOADTEST_RESULTS ?= results/loadtest
 LOCUST = uv run --frozen locust --host $(HOST)
 RUN_DIR = out=$(LOADTEST_RESULTS)/$$(date -u +%Y%m%dT%H%M%SZ) && mkdir -p $$out
@@ -68,7 +69,7 @@ loadtest-ui: venv ## locust's web UI on http://127.0.0.1:8089, aimed at HOST
 	$(LOCUST) -f loadtest/locustfile.py --web-host 127.0.0.1 --web-port 8089
 
 loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highest step held)
-	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
+	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
 	  && uv run --frozen python loadtest/capacity_report.py $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
 
 # --- development --------------------------------------------------------------

@@ -3,17 +3,21 @@
     locust -f loadtest/capacity.py --headless --host URL --steps-out steps.json
     python loadtest/capacity_report.py steps.json          # or both: make loadtest-capacity
 
-The user count climbs through --steps (default 1,2,4,8,16,24,32,48,64), holding each for
---step-seconds (20). Each step is measured after --settle-seconds (5), so spawning and
+The user count climbs through --steps (default 4,16,32,48,64,80,96,128,192), holding each
+for --step-seconds (15). Each step is measured after --settle-seconds (5), so spawning and
 the queue left by the previous step do not count against it: requests, failures,
 throughput and the p50/p95/p99 latency of that window go to --steps-out as JSON, which
 capacity_report.py turns into the chart and the verdict.
+
+With --api-container NAME (a local Docker container), the CPU the API used in each window
+(in cores, from its cgroup) is recorded too: the figure the HPA's CPU target is about.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +34,14 @@ log = logging.getLogger("loadtest.capacity")
 def _options(parser: Any) -> None:
     parser.add_argument(
         "--steps",
-        default="1,2,4,8,16,24,32,48,64",
+        default="4,16,32,48,64,80,96,128,192",
         env_var="LOCUST_STEPS",
         help="user counts of the steps, comma-separated",
     )
     parser.add_argument(
         "--step-seconds",
         type=float,
-        default=20,
+        default=15,
         env_var="LOCUST_STEP_SECONDS",
         help="how long each step lasts",
     )
@@ -54,6 +58,12 @@ def _options(parser: Any) -> None:
         env_var="LOCUST_STEPS_OUT",
         help="where the per-step figures are written (JSON)",
     )
+    parser.add_argument(
+        "--api-container",
+        default="",
+        env_var="LOCUST_API_CONTAINER",
+        help="Docker container of the API, to record its CPU use per step",
+    )
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -64,6 +74,42 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(rank, len(sorted_ms)) - 1]
 
 
+CGROUP_FILES = (
+    "/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage",  # cgroup v1, nanoseconds
+    "/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage",
+    "/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat",  # cgroup v2, usage_usec
+)
+
+
+def cpu_usage_file(container: str) -> Path | None:
+    """The cgroup file holding the container's CPU time, or None when not found."""
+    inspect = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", container],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if inspect.returncode != 0:
+        log.warning("no CPU figures: docker inspect %s: %s", container, inspect.stderr.strip())
+        return None
+    for pattern in CGROUP_FILES:
+        path = Path(pattern.format(id=inspect.stdout.strip()))
+        if path.exists():
+            return path
+    log.warning("no CPU figures: no cgroup CPU accounting file for %s", container)
+    return None
+
+
+def cpu_seconds(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    text = path.read_text()
+    if path.name == "cpu.stat":
+        usec = next(line.split()[1] for line in text.splitlines() if line.startswith("usage_usec"))
+        return int(usec) / 1e6
+    return int(text) / 1e9
+
+
 @dataclass
 class Step:
     users: int
@@ -72,10 +118,18 @@ class Step:
     ended: float | None = None
     times_ms: list[float] = field(default_factory=list)
     failures: int = 0
+    cpu_at_measure: float | None = None
+    cpu_at_end: float | None = None
+    own_cpu_at_measure: float = 0.0
+    own_cpu_at_end: float = 0.0
 
     def figures(self) -> dict[str, Any]:
         seconds = max((self.ended or time.monotonic()) - self.measured_from, 1e-9)
         times = sorted(self.times_ms)
+        cpu = None
+        if self.cpu_at_measure is not None and self.cpu_at_end is not None:
+            cpu = round((self.cpu_at_end - self.cpu_at_measure) / seconds, 3)
+        own_cpu = (self.own_cpu_at_end - self.own_cpu_at_measure) / seconds
         return {
             "users": self.users,
             "seconds": round(seconds, 2),
@@ -85,6 +139,9 @@ class Step:
             "p50_ms": round(percentile(times, 0.50), 2),
             "p95_ms": round(percentile(times, 0.95), 2),
             "p99_ms": round(percentile(times, 0.99), 2),
+            "api_cpu_cores": cpu,
+            # locust itself: near 1.0 means the generator, not the API, was the limit.
+            "locust_cpu_cores": round(own_cpu, 3),
         }
 
 
@@ -93,23 +150,28 @@ class Recorder:
 
     def __init__(self) -> None:
         self.steps: list[Step] = []
+        self.cpu_file: Path | None = None
 
     def enter(self, users: int, settle: float) -> None:
+        self.close()
         now = time.monotonic()
-        if self.steps:
-            self.steps[-1].ended = now
         self.steps.append(Step(users, now, now + settle))
 
     def record(self, response_time: float, failed: bool) -> None:
         if not self.steps or time.monotonic() < self.steps[-1].measured_from:
             return
         step = self.steps[-1]
+        if not step.times_ms:
+            step.cpu_at_measure = cpu_seconds(self.cpu_file)
+            step.own_cpu_at_measure = time.process_time()
         step.times_ms.append(response_time)
         step.failures += failed
 
     def close(self) -> None:
         if self.steps and self.steps[-1].ended is None:
             self.steps[-1].ended = time.monotonic()
+            self.steps[-1].cpu_at_end = cpu_seconds(self.cpu_file)
+            self.steps[-1].own_cpu_at_end = time.process_time()
 
 
 RECORDER = Recorder()
@@ -128,7 +190,14 @@ class StepLoad(LoadTestShape):
         if len(RECORDER.steps) <= index:
             RECORDER.enter(steps[index], options.settle_seconds)
             log.info("step %d/%d: %d users", index + 1, len(steps), steps[index])
-        return steps[index], float(max(steps))
+        return steps[index], 100.0  # the highest rate locust spawns without a warning
+
+
+@events.test_start.add_listener
+def _find_cpu(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is not None and options.api_container:
+        RECORDER.cpu_file = cpu_usage_file(options.api_container)
 
 
 @events.request.add_listener

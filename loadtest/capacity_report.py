@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 Step = dict[str, Any]
+CPU_SERIES = {"api_cpu_cores": "API container", "locust_cpu_cores": "locust (the generator)"}
 
 
 def held(step: Step, p99_bound_ms: float) -> bool:
@@ -42,10 +43,11 @@ def verdict(steps: list[Step], p99_bound_ms: float) -> str:
             f"capacity: NOT HELD - even {steps[0]['users'] if steps else 0} user(s) broke "
             f"p99 <= {p99_bound_ms:g} ms with zero failures"
         )
+    cpu = best.get("api_cpu_cores")
     return (
         f"capacity: {best['users']} users held p99 <= {p99_bound_ms:g} ms with 0 failures: "
         f"{best['rps']:.0f} req/s, p50 {best['p50_ms']:.0f} ms, p95 {best['p95_ms']:.0f} ms, "
-        f"p99 {best['p99_ms']:.0f} ms"
+        f"p99 {best['p99_ms']:.0f} ms" + ("" if cpu is None else f", API CPU {cpu:.2f} cores")
     )
 
 
@@ -58,7 +60,16 @@ def chart(document: dict[str, Any], p99_bound_ms: float, out: Path, title: str) 
     steps = document["steps"]
     users = [s["users"] for s in steps]
     best = highest_held(steps, p99_bound_ms)
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 7), layout="constrained")
+    with_cpu = any(s.get(k) is not None for s in steps for k in CPU_SERIES)
+    fig, axes = plt.subplots(
+        3 if with_cpu else 2,
+        1,
+        sharex=True,
+        figsize=(8, 9 if with_cpu else 7),
+        layout="constrained",
+        height_ratios=[2, 2, 1] if with_cpu else [1, 1],
+    )
+    top, bottom = axes[0], axes[1]
 
     top.plot(users, [s["rps"] for s in steps], "o-", color="tab:blue", label="served req/s")
     think = document.get("think_time_s") or 0
@@ -90,9 +101,16 @@ def chart(document: dict[str, Any], p99_bound_ms: float, out: Path, title: str) 
         )
     bottom.set_yscale("log")
     bottom.set_ylabel("latency (ms, log scale)")
-    bottom.set_xlabel("offered load: concurrent users (closed loop)")
+    if with_cpu:
+        cpu = axes[2]
+        for key, label in CPU_SERIES.items():
+            if any(s.get(key) is not None for s in steps):
+                cpu.plot(users, [s.get(key) or 0 for s in steps], "o-", label=label)
+        cpu.set_ylabel("CPU (cores)")
+        cpu.set_ylim(bottom=0)
+    axes[-1].set_xlabel("offered load: concurrent users (closed loop)")
 
-    for axis in (top, bottom):
+    for axis in axes:
         if best is not None:
             axis.axvline(best["users"], color="green", alpha=0.5, label="highest step held")
         axis.grid(True, which="both", alpha=0.3)

@@ -70,3 +70,15 @@ def test_report_writes_the_chart_and_exits_on_the_verdict(tmp_path: Path) -> Non
     assert (tmp_path / "capacity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.main([str(steps_json), "--p99-ms", "1"]) == 1
     assert report.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_cpu_figures_reach_the_verdict_and_the_chart(tmp_path: Path) -> None:
+    steps = [
+        {**step(4, 5), "api_cpu_cores": 0.1, "locust_cpu_cores": 0.2},
+        {**step(16, 9), "api_cpu_cores": 0.4, "locust_cpu_cores": 0.7},
+    ]
+    assert report.verdict(steps, 100).endswith("API CPU 0.40 cores")
+    steps_json = tmp_path / "steps.json"
+    steps_json.write_text(json.dumps({"steps": steps}))
+    assert report.main([str(steps_json), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 10_000
