@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,8 @@ def chart(document: dict[str, Any], p99_bound_ms: float, out: Path, title: str) 
             axis.axvline(best["users"], color="green", alpha=0.5, label="highest step held")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(loc="upper left", fontsize="small")
-    fig.suptitle(f"{title}\n{verdict(steps, p99_bound_ms)}", fontsize="medium")
+    lines = textwrap.wrap(verdict(steps, p99_bound_ms), width=95)
+    fig.suptitle("\n".join([title, *lines]), fontsize="medium")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
