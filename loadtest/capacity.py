@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,14 +123,16 @@ class Step:
     cpu_at_end: float | None = None
     own_cpu_at_measure: float = 0.0
     own_cpu_at_end: float = 0.0
+    cpu_from: float = 0.0  # when the CPU readings of the window started
 
     def figures(self) -> dict[str, Any]:
         seconds = max((self.ended or time.monotonic()) - self.measured_from, 1e-9)
         times = sorted(self.times_ms)
+        window = max((self.ended or time.monotonic()) - self.cpu_from, 1e-9)
         cpu = None
         if self.cpu_at_measure is not None and self.cpu_at_end is not None:
-            cpu = round((self.cpu_at_end - self.cpu_at_measure) / seconds, 3)
-        own_cpu = (self.own_cpu_at_end - self.own_cpu_at_measure) / seconds
+            cpu = round((self.cpu_at_end - self.cpu_at_measure) / window, 3)
+        own_cpu = (self.own_cpu_at_end - self.own_cpu_at_measure) / window
         return {
             "users": self.users,
             "seconds": round(seconds, 2),
@@ -146,7 +149,7 @@ class Step:
 
 
 class Recorder:
-    """Buckets every request into the step it was sent in."""
+    """Buckets each request into the step it completed in, after that step's settle time."""
 
     def __init__(self) -> None:
         self.steps: list[Step] = []
@@ -162,6 +165,7 @@ class Recorder:
             return
         step = self.steps[-1]
         if not step.times_ms:
+            step.cpu_from = time.monotonic()
             step.cpu_at_measure = cpu_seconds(self.cpu_file)
             step.own_cpu_at_measure = time.process_time()
         step.times_ms.append(response_time)
@@ -177,12 +181,22 @@ class Recorder:
 RECORDER = Recorder()
 
 
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise ValueError(f"--steps {text!r}: expected user counts >= 1, e.g. 4,16,32")
+    return steps
+
+
 class StepLoad(LoadTestShape):
     """Users climb through --steps, one step every --step-seconds, then the run stops."""
 
     def tick(self) -> tuple[int, float] | None:
         options = self.runner.environment.parsed_options
-        steps = [int(s) for s in options.steps.split(",")]
+        steps = parse_steps(options.steps)
         index = int(self.get_run_time() // options.step_seconds)
         if index >= len(steps):
             RECORDER.close()
@@ -191,6 +205,20 @@ class StepLoad(LoadTestShape):
             RECORDER.enter(steps[index], options.settle_seconds)
             log.info("step %d/%d: %d users", index + 1, len(steps), steps[index])
         return steps[index], 100.0  # the highest rate locust spawns without a warning
+
+
+@events.init.add_listener
+def _check_options(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return
+    try:
+        parse_steps(options.steps)
+        if options.step_seconds <= options.settle_seconds:
+            raise ValueError("--step-seconds must be longer than --settle-seconds")
+    except ValueError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
 
 
 @events.test_start.add_listener

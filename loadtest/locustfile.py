@@ -36,6 +36,7 @@ import csv
 import json
 import logging
 import random
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -128,6 +129,17 @@ def _options(parser: Any) -> None:
         env_var="LOCUST_MODEL",
         help="model name in the V2 inference paths",
     )
+
+
+@events.init.add_listener
+def _check_options(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return
+    for flag in ("think_time", "p99_ms", "min_rps"):
+        if getattr(options, flag) < 0:
+            log.error("--%s must be >= 0, got %s", flag.replace("_", "-"), getattr(options, flag))
+            sys.exit(2)
 
 
 class IrisUser(FastHttpUser):

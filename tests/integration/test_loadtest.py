@@ -249,3 +249,10 @@ def test_make_loadtest_capacity_writes_chart_and_verdict(api: ApiServer, tmp_pat
     assert steps[1]["rps"] > steps[0]["rps"]
     assert "capacity: 4 users held p99 <= 1000 ms with 0 failures" in output
     assert (out / "capacity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_options_are_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    result = make("loadtest-capacity", tmp_path, HOST="http://127.0.0.1:1", STEPS="4,x")
+    assert result.returncode != 0
+    assert "--steps '4,x': expected user counts >= 1" in result.stderr
+    assert "Traceback" not in result.stderr
