@@ -58,6 +58,7 @@ STEP_SECONDS ?= 15
 SETTLE_SECONDS ?= 5
 API_CONTAINER ?=
 LOADTEST_RESULTS ?= results/loadtest
+UI_PORT ?= 8089
 LOCUST = uv run --frozen locust --host $(HOST)
 RUN_DIR = out=$(LOADTEST_RESULTS)/$$(date -u +%Y%m%dT%H%M%SZ) && mkdir -p $$out
 
@@ -65,8 +66,8 @@ RUN_DIR = out=$(LOADTEST_RESULTS)/$$(date -u +%Y%m%dT%H%M%SZ) && mkdir -p $$out
 loadtest: venv ## headless locust at HOST; fails on any failure, p99 > P99_MS, < MIN_RPS req/s
 	@$(RUN_DIR) && { $(LOCUST) -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) --p99-ms $(P99_MS) --min-rps $(MIN_RPS) --csv $$out/stats --html $$out/report.html --only-summary; rc=$$?; echo "report: $$out/report.html (CSV: $$out/stats_*.csv)"; exit $$rc; }
 
-loadtest-ui: venv ## locust's web UI on http://127.0.0.1:8089, aimed at HOST
-	$(LOCUST) -f loadtest/locustfile.py --web-host 127.0.0.1 --web-port 8089
+loadtest-ui: venv ## locust's web UI on http://127.0.0.1:8089 (or UI_PORT), aimed at HOST
+	$(LOCUST) -f loadtest/locustfile.py --web-host 127.0.0.1 --web-port $(UI_PORT)
 
 loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highest step held)
 	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
