@@ -67,6 +67,34 @@ k8s-down: venv ## minikube: delete everything k8s-up created (the namespace with
 k8s-render: venv ## print the rendered manifests of OVERLAY (minikube, gke)
 	@$(KUBECTL) kustomize k8s/overlays/$(OVERLAY)
 
+# --- load tests (loadtest/README.md) ------------------------------------------
+# make loadtest HOST=http://127.0.0.1:8000 USERS=10 SPAWN_RATE=10 DURATION=30s P99_MS=100 MIN_RPS=20
+HOST ?= http://127.0.0.1:$(API_HOST_PORT)
+USERS ?= 10
+SPAWN_RATE ?= 10
+DURATION ?= 30s
+P99_MS ?= 100
+MIN_RPS ?= 20
+STEPS ?= 4,16,32,48,64,80,96,128,192
+STEP_SECONDS ?= 15
+SETTLE_SECONDS ?= 5
+API_CONTAINER ?=
+LOADTEST_RESULTS ?= results/loadtest
+UI_PORT ?= 8089
+LOCUST = uv run --frozen locust --host $(HOST)
+RUN_DIR = out=$(LOADTEST_RESULTS)/$$(date -u +%Y%m%dT%H%M%SZ) && mkdir -p $$out
+
+.PHONY: loadtest loadtest-ui loadtest-capacity
+loadtest: venv ## headless locust at HOST; fails on any failure, p99 > P99_MS, < MIN_RPS req/s
+	@$(RUN_DIR) && { $(LOCUST) -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) --p99-ms $(P99_MS) --min-rps $(MIN_RPS) --csv $$out/stats --html $$out/report.html --only-summary; rc=$$?; echo "report: $$out/report.html (CSV: $$out/stats_*.csv)"; exit $$rc; }
+
+loadtest-ui: venv ## locust's web UI on http://127.0.0.1:8089 (or UI_PORT), aimed at HOST
+	$(LOCUST) -f loadtest/locustfile.py --web-host 127.0.0.1 --web-port $(UI_PORT)
+
+loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highest step held)
+	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
+	  && uv run --frozen python loadtest/capacity_report.py $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
+
 # --- development --------------------------------------------------------------
 .PHONY: venv test test-unit test-integration test-e2e test-k8s lint fmt lock
 venv:
@@ -90,7 +118,7 @@ test-k8s: venv ## render + validate the manifests, compose parity, the pod under
 lint: venv ## ruff, and the per-image lock files match uv.lock
 	uv run --frozen ruff check .
 	uv run --frozen ruff format --check .
-	@for svc in api loader; do \
+	@for svc in api loader loadtest; do \
 	  $(EXPORT) | cmp -s - $$svc/requirements.lock \
 	    || { echo "$$svc/requirements.lock is stale: run make lock"; exit 1; }; \
 	done
@@ -101,4 +129,4 @@ fmt: venv ## format and auto-fix
 
 lock: ## re-resolve uv.lock and export each image's hashed requirements
 	uv lock
-	@for svc in api loader; do $(EXPORT) > $$svc/requirements.lock; done
+	@for svc in api loader loadtest; do $(EXPORT) > $$svc/requirements.lock; done

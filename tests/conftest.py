@@ -1,4 +1,4 @@
-"""Shared test helpers: paths, free ports, the iris data and the training script."""
+"""Shared test helpers: paths, free ports, iris data, the models/ and loadtest/ scripts."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ def free_port() -> int:
 def models_script(name: str) -> ModuleType:
     """Import models/<name>.py (models/ holds scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"models_{name}", ROOT / "models" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def loadtest_module(name: str) -> ModuleType:
+    """Import loadtest/<name>.py (locust loads these by path; they are not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"loadtest_{name}", ROOT / "loadtest" / f"{name}.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
