@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +20,19 @@ def make_settings(**env: str) -> ApiSettings:
     return ApiSettings(MODEL_DIR=str(MODEL_V1), **env)  # type: ignore[call-arg]
 
 
+def wait_ready(client: TestClient, timeout: float = 20.0) -> None:
+    """The lifespan loads the model in the background: ready comes a moment later."""
+    deadline = time.monotonic() + timeout
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     app = create_app(make_settings(MAX_BATCH_SIZE="200"))
-    with TestClient(app) as c:  # runs the lifespan: load + warm-up
+    with TestClient(app) as c:  # runs the lifespan: load + warm-up, in the background
+        wait_ready(c)
         yield c
 
 

@@ -1,10 +1,17 @@
-"""Request-scoped lookups shared by the routers."""
+"""Request-scoped helpers shared by the routers: the model, the body, the inference call."""
 
 from __future__ import annotations
 
-from fastapi import Request
+import json
+import time
+from typing import Any
 
-from model_api.errors import NotReadyError, UnsupportedMediaError
+import numpy as np
+import orjson
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from model_api.errors import BadRequestError, NotReadyError, UnsupportedMediaError
 from model_api.model import OnnxModel
 
 
@@ -22,3 +29,39 @@ def json_body(request: Request) -> None:
         raise UnsupportedMediaError(
             f"Content-Type must be application/json, got {content_type or 'none'!r}"
         )
+
+
+def no_content_encoding(request: Request) -> None:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaError(f"Content-Encoding {encoding!r} is not supported")
+
+
+def parse_json(body: bytes, example: str) -> Any:
+    """orjson on the hot path; the standard library only to explain a failure, or for the
+    NaN/Infinity literals it accepts (validation then refuses them with a field name)."""
+    if not body.strip():
+        raise BadRequestError(f"empty request body; send JSON like {example}")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise BadRequestError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise BadRequestError(f"malformed JSON: {exc}") from None
+
+
+async def infer(request: Request, model: OnnxModel, rows: np.ndarray) -> np.ndarray:
+    """Probabilities for `rows`, timed into the metrics; inline or in the threadpool."""
+    state = request.app.state
+    started = time.perf_counter()
+    if state.inline_inference:
+        probabilities = model.predict_proba(rows)
+    else:
+        probabilities = await run_in_threadpool(model.predict_proba, rows)
+    state.metrics.inference.observe(time.perf_counter() - started)
+    state.metrics.batch_size.observe(len(rows))
+    return probabilities
