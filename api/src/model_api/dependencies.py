@@ -11,7 +11,12 @@ import orjson
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from model_api.errors import BadRequestError, NotReadyError, UnsupportedMediaError
+from model_api.errors import (
+    BadRequestError,
+    InvalidInputError,
+    NotReadyError,
+    UnsupportedMediaError,
+)
 from model_api.model import OnnxModel
 
 
@@ -52,6 +57,17 @@ def parse_json(body: bytes, example: str) -> Any:
         raise BadRequestError("malformed JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise BadRequestError(f"malformed JSON: {exc}") from None
+
+
+def float32_rows(data: Any, field: str) -> np.ndarray:
+    """The model's input dtype. Finite doubles beyond float32's range would become
+    infinities and a meaningless prediction: refuse them, naming the first one."""
+    with np.errstate(over="ignore"):
+        rows = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(rows).all():
+        where = ".".join(str(int(i)) for i in np.argwhere(~np.isfinite(rows))[0])
+        raise InvalidInputError(f"{field}.{where}: out of the model's float32 range (|x| < 3.4e38)")
+    return rows
 
 
 async def infer(request: Request, model: OnnxModel, rows: np.ndarray) -> np.ndarray:

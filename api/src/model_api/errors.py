@@ -78,7 +78,10 @@ def _field(loc: tuple[Any, ...]) -> str:
 def _message(error: dict[str, Any]) -> str:
     kind = error.get("type")
     if kind == "float_type":
-        return f"must be a number, got {type(error.get('input')).__name__}"
+        value = error.get("input")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return "must be a finite number, got an integer too large for a float"
+        return f"must be a number, got {type(value).__name__}"
     if kind == "finite_number":
         return f"must be a finite number, got {error.get('input')}"
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")

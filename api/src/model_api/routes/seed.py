@@ -15,7 +15,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from model_api.dependencies import infer, json_body, loaded_model, no_content_encoding, parse_json
+from model_api.dependencies import (
+    float32_rows,
+    infer,
+    json_body,
+    loaded_model,
+    no_content_encoding,
+    parse_json,
+)
 from model_api.errors import InvalidInputError, NotFoundError, describe_errors
 from model_api.model import OnnxModel
 from model_api.schemas import (
@@ -69,7 +76,7 @@ async def _rows(request: Request, model: OnnxModel) -> np.ndarray:
             raise InvalidInputError(
                 f"data.{i}: has {len(row)} values; the model takes {model.n_features} per row"
             )
-    return np.asarray(data, dtype=np.float32)
+    return float32_rows(data, "data")
 
 
 def _probabilities(probabilities: np.ndarray, model: OnnxModel) -> Response:

@@ -18,9 +18,16 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
 from model_api import __version__
-from model_api.dependencies import infer, loaded_model, no_content_encoding, parse_json
+from model_api.dependencies import (
+    float32_rows,
+    infer,
+    loaded_model,
+    no_content_encoding,
+    parse_json,
+)
 from model_api.errors import (
     BadRequestError,
+    InvalidInputError,
     NotFoundError,
     UnsupportedMediaError,
     describe_errors,
@@ -258,7 +265,10 @@ def _json_values(tensor: V2RequestInput, where: str) -> np.ndarray:
         raise BadRequestError(f"{where}.data: {describe_errors(exc.errors())}") from None
     if adapter is _NESTED and len({len(row) for row in values}) > 1:
         raise BadRequestError(f"{where}.data: rows of different lengths")
-    return np.asarray(values, dtype=np.float32).reshape(-1)
+    try:
+        return float32_rows(values, f"{where}.data").reshape(-1)
+    except InvalidInputError as exc:  # the protocol's status for any bad input is 400
+        raise BadRequestError(exc.message) from None
 
 
 def _binary_values(tensor: V2RequestInput, binary: bytes, where: str) -> np.ndarray:
