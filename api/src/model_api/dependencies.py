@@ -1,14 +1,20 @@
-"""Request-scoped helpers shared by the routers: the model, the body, the inference call."""
+"""Request-scoped helpers shared by the routers: the model, the body, the inference call.
+
+Plain functions: the hot routes call them directly; `async def` wrappers where used with
+Depends, since FastAPI runs a plain `def` dependency in the threadpool (a thread hop).
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from model_api.errors import (
@@ -25,6 +31,26 @@ def loaded_model(request: Request) -> OnnxModel:
     if model is None:
         raise NotReadyError("the model is not loaded yet")
     return model
+
+
+class DirectRoute(APIRoute):
+    """For the hot endpoints: call `endpoint(request, **path_params)` directly, skipping
+    FastAPI's dependency solving (it parses cookies, headers and the body for every
+    request, which costs more than the inference). The endpoints read and check the body
+    themselves; the decorator's arguments still describe the operation in OpenAPI."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            response: Response = await endpoint(request, **request.path_params)
+            return response
+
+        return handler
+
+
+async def model_dependency(request: Request) -> OnnxModel:
+    return loaded_model(request)
 
 
 def json_body(request: Request) -> None:

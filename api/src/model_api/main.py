@@ -109,6 +109,9 @@ def create_app(
     app.add_middleware(
         RequestMiddleware, metrics=app_metrics, max_body_bytes=settings.max_body_bytes
     )
+    # Hot routes first: the router tries routes in order.
+    app.include_router(seed.direct)
+    app.include_router(v2.direct)
     app.include_router(health.router)
     app.include_router(seed.router)
     app.include_router(v2.router)

@@ -16,10 +16,12 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from model_api.dependencies import (
+    DirectRoute,
     float32_rows,
     infer,
     json_body,
     loaded_model,
+    model_dependency,
     no_content_encoding,
     parse_json,
 )
@@ -35,8 +37,10 @@ from model_api.schemas import (
 )
 
 router = APIRouter(tags=["predict"])
+# The prediction routes: endpoints called directly with the request (see DirectRoute).
+direct = APIRouter(tags=["predict"], route_class=DirectRoute)
 
-Model = Annotated[OnnxModel, Depends(loaded_model)]
+Model = Annotated[OnnxModel, Depends(model_dependency)]
 EXAMPLE = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)
@@ -47,11 +51,7 @@ _BODY = {
         "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
     }
 }
-_POST = {
-    "responses": _ERRORS,
-    "openapi_extra": _BODY,
-    "dependencies": [Depends(json_body), Depends(no_content_encoding)],
-}
+_POST = {"responses": _ERRORS, "openapi_extra": _BODY}
 
 
 def json_response(content: Any, model: OnnxModel) -> Response:
@@ -63,6 +63,8 @@ def json_response(content: Any, model: OnnxModel) -> Response:
 
 
 async def _rows(request: Request, model: OnnxModel) -> np.ndarray:
+    json_body(request)
+    no_content_encoding(request)
     payload = parse_json(await request.body(), EXAMPLE)
     try:
         data = PredictRequest.model_validate(payload).data
@@ -96,23 +98,29 @@ def _sample(model: OnnxModel) -> np.ndarray:
     return np.asarray(model.sample, dtype=np.float32)
 
 
-@router.post("/predict", response_model=ProbabilitiesResponse, **_POST)  # type: ignore[arg-type]
-async def predict(request: Request, model: Model) -> Response:
+@direct.post("/predict", response_model=ProbabilitiesResponse, **_POST)  # type: ignore[arg-type]
+async def predict(request: Request) -> Response:
+    # Checks called directly, not as dependencies: FastAPI's dependency solving costs
+    # more than the inference itself here.
+    model = loaded_model(request)
     return _probabilities(await infer(request, model, await _rows(request, model)), model)
 
 
-@router.post("/predict/label", response_model=LabelResponse, **_POST)  # type: ignore[arg-type]
-async def predict_label(request: Request, model: Model) -> Response:
+@direct.post("/predict/label", response_model=LabelResponse, **_POST)  # type: ignore[arg-type]
+async def predict_label(request: Request) -> Response:
+    model = loaded_model(request)
     return _labels(await infer(request, model, await _rows(request, model)), model)
 
 
-@router.get("/predict/test", response_model=ProbabilitiesResponse, responses=_ERRORS)
-async def predict_test(request: Request, model: Model) -> Response:
+@direct.get("/predict/test", response_model=ProbabilitiesResponse, responses=_ERRORS)
+async def predict_test(request: Request) -> Response:
+    model = loaded_model(request)
     return _probabilities(await infer(request, model, _sample(model)), model)
 
 
-@router.get("/predict/test/label", response_model=LabelResponse, responses=_ERRORS)
-async def predict_test_label(request: Request, model: Model) -> Response:
+@direct.get("/predict/test/label", response_model=LabelResponse, responses=_ERRORS)
+async def predict_test_label(request: Request) -> Response:
+    model = loaded_model(request)
     return _labels(await infer(request, model, _sample(model)), model)
 
 
@@ -136,3 +144,4 @@ async def metadata(model: Model) -> MetadataResponse:
         labels=model.labels,
         sample_input=model.sample,
     )
+

@@ -9,16 +9,17 @@ Errors are {"error": "..."}: 400 for a bad request, 404 for an unknown model or 
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
 from model_api import __version__
 from model_api.dependencies import (
+    DirectRoute,
     float32_rows,
     infer,
     loaded_model,
@@ -47,6 +48,8 @@ from model_api.schemas import (
 )
 
 router = APIRouter(prefix="/v2", tags=["v2"])
+# Inference: endpoints called directly with the request and path (see DirectRoute).
+direct = APIRouter(prefix="/v2", tags=["v2"], route_class=DirectRoute)
 
 SERVER_NAME = "model-load-api"
 PROBABILITIES = "probabilities"
@@ -67,15 +70,17 @@ _BODY = {
 _MEDIA_TYPES = ("", "application/json", "application/octet-stream")
 
 
-def served_model(name: str, model: Annotated[OnnxModel, Depends(loaded_model)]) -> OnnxModel:
+def served_model(request: Request, name: str) -> OnnxModel:
     """The model, if the path names it."""
+    model = loaded_model(request)
     if name != model.name:
         raise NotFoundError(f"model {name!r} not found; this server serves {model.name!r}")
     return model
 
 
-def served_version(version: str, model: Annotated[OnnxModel, Depends(served_model)]) -> OnnxModel:
+def served_version(request: Request, name: str, version: str) -> OnnxModel:
     """The model, if the path names it and its version."""
+    model = served_model(request, name)
     if version != model.version:
         raise NotFoundError(
             f"model {model.name!r} has no version {version!r}; it serves {model.version!r}"
@@ -83,8 +88,8 @@ def served_version(version: str, model: Annotated[OnnxModel, Depends(served_mode
     return model
 
 
-Served = Annotated[OnnxModel, Depends(served_model)]
-ServedVersion = Annotated[OnnxModel, Depends(served_version)]
+# Resolved inside the endpoints (plain calls): FastAPI's dependency solving costs more
+# than a small model's inference.
 
 
 def _outputs(model: OnnxModel) -> list[TensorMetadata]:
@@ -102,13 +107,13 @@ async def server_metadata() -> V2ServerMetadata:
 
 
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses=_ERRORS)
-async def model_metadata(model: Served) -> V2ModelMetadata:
-    return _metadata(model)
+async def model_metadata(request: Request, name: str) -> V2ModelMetadata:
+    return _metadata(served_model(request, name))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=_ERRORS)
-async def model_version_metadata(model: ServedVersion) -> V2ModelMetadata:
-    return _metadata(model)
+async def model_version_metadata(request: Request, name: str, version: str) -> V2ModelMetadata:
+    return _metadata(served_version(request, name, version))
 
 
 def _metadata(model: OnnxModel) -> V2ModelMetadata:
@@ -124,36 +129,32 @@ def _metadata(model: OnnxModel) -> V2ModelMetadata:
 
 
 @router.get("/models/{name}/ready", response_model=V2ModelReady, responses=_ERRORS)
-async def model_ready(model: Served) -> V2ModelReady:
-    return V2ModelReady(name=model.name, ready=True)
+async def model_ready(request: Request, name: str) -> V2ModelReady:
+    return V2ModelReady(name=served_model(request, name).name, ready=True)
 
 
 @router.get(
     "/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses=_ERRORS
 )
-async def model_version_ready(model: ServedVersion) -> V2ModelReady:
-    return V2ModelReady(name=model.name, ready=True)
+async def model_version_ready(request: Request, name: str, version: str) -> V2ModelReady:
+    return V2ModelReady(name=served_version(request, name, version).name, ready=True)
 
 
-_INFER = {
-    "response_model": V2InferResponse,
-    "responses": _ERRORS,
-    "openapi_extra": _BODY,
-    "dependencies": [Depends(no_content_encoding)],
-}
+_INFER = {"response_model": V2InferResponse, "responses": _ERRORS, "openapi_extra": _BODY}
 
 
-@router.post("/models/{name}/infer", **_INFER)  # type: ignore[arg-type]
-async def model_infer(request: Request, model: Served) -> Response:
-    return await _infer(request, model)
+@direct.post("/models/{name}/infer", **_INFER)  # type: ignore[arg-type]
+async def model_infer(request: Request, name: str) -> Response:
+    return await _infer(request, served_model(request, name))
 
 
-@router.post("/models/{name}/versions/{version}/infer", **_INFER)  # type: ignore[arg-type]
-async def model_version_infer(request: Request, model: ServedVersion) -> Response:
-    return await _infer(request, model)
+@direct.post("/models/{name}/versions/{version}/infer", **_INFER)  # type: ignore[arg-type]
+async def model_version_infer(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, served_version(request, name, version))
 
 
 async def _infer(request: Request, model: OnnxModel) -> Response:
+    no_content_encoding(request)
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type not in _MEDIA_TYPES and not media_type.endswith("+json"):
         raise UnsupportedMediaError(
