@@ -41,9 +41,12 @@ publish: venv ## upload a version directory to the running stack's bucket
 	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI)
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup
+.PHONY: bench-startup bench-api
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
+
+bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (needs wrk)
+	uv run --frozen python loadtest/bench_api.py
 
 # --- development --------------------------------------------------------------
 .PHONY: venv test test-unit test-integration test-e2e lint fmt lock
