@@ -23,7 +23,7 @@ from model_api.config import ApiSettings
 from model_api.errors import ModelError, ModelMissingError, install_error_handlers
 from model_api.logging import configure_logging
 from model_api.metrics import Metrics
-from model_api.middleware import RequestMiddleware
+from model_api.middleware import FastRoute, FastRoutes, RequestMiddleware
 from model_api.model import OnnxModel
 from model_api.routes import health, metrics, seed, v2
 
@@ -59,8 +59,15 @@ def create_app(
     it from `settings.model_dir` in the background. Either way the app reports ready only
     after a warm-up inference succeeded."""
     app_metrics = Metrics()
+    fast_routes: FastRoutes = {
+        ("POST", "/predict"): FastRoute(seed.predict, "/predict"),
+        ("POST", "/predict/label"): FastRoute(seed.predict_label, "/predict/label"),
+        ("GET", "/predict/test"): FastRoute(seed.predict_test, "/predict/test"),
+        ("GET", "/predict/test/label"): FastRoute(seed.predict_test_label, "/predict/test/label"),
+    }
 
     def serve(app: FastAPI, loaded: OnnxModel) -> None:
+        fast_routes.update(v2.fast_routes(loaded.name, loaded.version))
         app_metrics.model_info.labels(loaded.name, loaded.version, loaded.sha256).set(1)
         app_metrics.load_seconds.set(loaded.load_seconds)
         app.state.model = loaded
@@ -107,7 +114,10 @@ def create_app(
     app.state.inline_inference = settings.inference_mode == "inline"
     install_error_handlers(app)
     app.add_middleware(
-        RequestMiddleware, metrics=app_metrics, max_body_bytes=settings.max_body_bytes
+        RequestMiddleware,
+        metrics=app_metrics,
+        max_body_bytes=settings.max_body_bytes,
+        fast_routes=fast_routes,
     )
     # Hot routes first: the router tries routes in order.
     app.include_router(seed.direct)

@@ -1,5 +1,11 @@
 """One pure-ASGI middleware for every HTTP request: request id, body limit, metrics and
-the access log. Pure ASGI (no BaseHTTPMiddleware) so it costs microseconds per request."""
+the access log. Pure ASGI (no BaseHTTPMiddleware) so it costs microseconds per request.
+
+It also dispatches the few hot operations (POST /predict, V2 infer, ...) by exact
+method and path straight to their endpoints: FastAPI's router and per-route machinery
+cost several times a small model's inference. Everything else, including the 404/405
+answers, goes through FastAPI, and OpenAPI describes the same endpoints.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,16 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model_api.errors import PayloadTooLargeError
+from model_api.errors import ApiError, PayloadTooLargeError, error_response
 from model_api.logging import request_id
 from model_api.metrics import Metrics
 
@@ -24,12 +34,28 @@ QUIET_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/rea
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 UNMATCHED = "<unmatched>"
 
+Endpoint = Callable[..., Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class FastRoute:
+    endpoint: Endpoint
+    template: str  # the route's path template, as the metrics label it
+    path_params: dict[str, str] = field(default_factory=dict)
+
+
+# (method, exact path) -> FastRoute; filled by the app (V2 paths once the model is known).
+FastRoutes = dict[tuple[str, str], FastRoute]
+
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, fast_routes: FastRoutes
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.fast_routes = fast_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,13 +81,23 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
             await send(message)
 
+        fast = self.fast_routes.get((scope["method"], scope["path"]))
         try:
             if length is not None and _too_long(length, self.max_body_bytes):
                 await self._refuse(send_with_id, f"{length.decode(errors='replace')} bytes")
+            elif fast is not None:
+                scope["path_params"] = fast.path_params
+                request = Request(scope, self._counting(receive))
+                try:
+                    response = await fast.endpoint(request, **fast.path_params)
+                except ApiError as exc:
+                    response = error_response(exc)
+                await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, self._counting(receive), send_with_id)
         finally:
-            self._record(scope, status, time.perf_counter() - started, rid)
+            template = fast.template if fast is not None else _template(scope)
+            self._record(scope, template, status, time.perf_counter() - started)
             request_id.reset(token)
 
     def _counting(self, receive: Receive) -> Receive:
@@ -92,9 +128,7 @@ class RequestMiddleware:
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _record(self, scope: Scope, status: int, seconds: float, rid: bytes) -> None:
-        route: Any = scope.get("route")
-        template = getattr(route, "path", None) or UNMATCHED
+    def _record(self, scope: Scope, template: str, status: int, seconds: float) -> None:
         method = scope["method"]
         self.metrics.requests.labels(method, template, str(status)).inc()
         self.metrics.latency.labels(method, template).observe(seconds)
@@ -120,6 +154,11 @@ class RequestMiddleware:
                 "duration_ms": round(seconds * 1000, 3),
             },
         )
+
+
+def _template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    return getattr(route, "path", None) or UNMATCHED
 
 
 def _too_long(length: bytes, limit: int) -> bool:

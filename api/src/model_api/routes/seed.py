@@ -144,4 +144,3 @@ async def metadata(model: Model) -> MetadataResponse:
         labels=model.labels,
         sample_input=model.sample,
     )
-

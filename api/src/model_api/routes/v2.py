@@ -34,6 +34,7 @@ from model_api.errors import (
     describe_errors,
 )
 from model_api.logging import request_id
+from model_api.middleware import FastRoute, FastRoutes
 from model_api.model import OnnxModel
 from model_api.schemas import (
     ErrorResponse,
@@ -151,6 +152,20 @@ async def model_infer(request: Request, name: str) -> Response:
 @direct.post("/models/{name}/versions/{version}/infer", **_INFER)  # type: ignore[arg-type]
 async def model_version_infer(request: Request, name: str, version: str) -> Response:
     return await _infer(request, served_version(request, name, version))
+
+
+def fast_routes(name: str, version: str) -> FastRoutes:
+    """Exact paths of the served model's infer operations, for RequestMiddleware."""
+    return {
+        ("POST", f"/v2/models/{name}/infer"): FastRoute(
+            model_infer, "/v2/models/{name}/infer", {"name": name}
+        ),
+        ("POST", f"/v2/models/{name}/versions/{version}/infer"): FastRoute(
+            model_version_infer,
+            "/v2/models/{name}/versions/{version}/infer",
+            {"name": name, "version": version},
+        ),
+    }
 
 
 async def _infer(request: Request, model: OnnxModel) -> Response:
