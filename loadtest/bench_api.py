@@ -10,7 +10,8 @@ per scenario:
       the same POST body and returning a fixed small JSON body;
   (b) compute ceiling: ONNX Runtime `session.run` on one row in a loop, in process;
   the API: POST /predict with 1 row and with 32 rows, POST /v2/.../infer with 1 row,
-      once with INFERENCE_MODE=inline and once with threadpool.
+      once with INFERENCE_MODE=inline and once with threadpool; and /predict with 1 row
+      without the access log (API_ACCESS_LOG=false).
 
 Prints req/s, p50 and p99 per scenario, the ratio to (a), resident memory per worker and
 the machine, and writes the same to loadtest/results/api.md. On a shared machine compare
@@ -222,7 +223,9 @@ def machine() -> str:
     )
 
 
-def run_api(args: argparse.Namespace, mode: str) -> tuple[list[Result], dict[int, float]]:
+def run_api(
+    args: argparse.Namespace, mode: str, access_log: bool = True
+) -> tuple[list[Result], dict[int, float]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -232,6 +235,7 @@ def run_api(args: argparse.Namespace, mode: str) -> tuple[list[Result], dict[int
         "API_PORT": str(port),
         "API_WORKERS": str(args.workers),
         "INFERENCE_MODE": mode,
+        "API_ACCESS_LOG": str(access_log).lower(),
         "LOG_LEVEL": args.log_level,
     }
     process = subprocess.Popen(
@@ -243,6 +247,10 @@ def run_api(args: argparse.Namespace, mode: str) -> tuple[list[Result], dict[int
     try:
         wait_ready(f"{url}/ready", process)
         v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
+        if not access_log:
+            one = wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
+                      f"API /predict, 1 row ({mode}, API_ACCESS_LOG=false)")  # fmt: skip
+            return [one], rss_mib(process.pid)
         results = [
             wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
                 f"API /predict, 1 row ({mode})"),
@@ -332,6 +340,9 @@ def main() -> None:
         for r in results:
             print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
         rows += results
+    results, _ = run_api(args, "inline", access_log=False)
+    print(f"{results[0].name}: {results[0].rps:,.0f} req/s", flush=True)
+    rows += results
     compute = compute_ceiling(min(args.duration, 5))
     rows.append(compute)
 

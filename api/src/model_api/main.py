@@ -118,6 +118,7 @@ def create_app(
         metrics=app_metrics,
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
+        access_log=settings.access_log,
     )
     # Hot routes first: the router tries routes in order.
     app.include_router(seed.direct)

@@ -50,9 +50,15 @@ FastRoutes = dict[tuple[str, str], FastRoute]
 
 class RequestMiddleware:
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, fast_routes: FastRoutes
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        fast_routes: FastRoutes,
+        access_log: bool = True,
     ) -> None:
         self.app = app
+        self.access_log = access_log
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.fast_routes = fast_routes
@@ -133,7 +139,7 @@ class RequestMiddleware:
         self.metrics.requests.labels(method, template, str(status)).inc()
         self.metrics.latency.labels(method, template).observe(seconds)
         path = scope["path"]
-        if status == 200 and path in QUIET_PATHS:
+        if not self.access_log or (status == 200 and path in QUIET_PATHS):
             return
         client = scope.get("client")
         host = f"{client[0]}:{client[1]}" if client else "-"
