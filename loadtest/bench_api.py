@@ -211,9 +211,8 @@ def machine() -> str:
     import onnxruntime
     import uvicorn
 
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[
-        0
-    ]
+    wrk_out = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    wrk_version = wrk_out.split("\n")[0].split(" Copyright")[0]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"{cpu}, {os.cpu_count()} CPUs, {mem_kib / 1024 / 1024:.0f} GiB RAM; "
