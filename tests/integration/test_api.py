@@ -262,3 +262,24 @@ def test_a_body_over_the_limit_is_413(api: ApiServer) -> None:
         )
         assert streamed.status_code == 413, streamed.text
         assert "exceeds MAX_BODY_BYTES=65536" in streamed.json()["error"]
+
+
+def test_several_workers_without_a_writable_metrics_dir_exit_2(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "model_api"],
+        env={
+            "MODEL_DIR": str(MODEL_V1),
+            "API_PORT": str(free_port()),
+            "API_WORKERS": "2",
+            "PROMETHEUS_MULTIPROC_DIR": str(not_a_dir),
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "needs a writable directory for the workers' metrics" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -52,12 +53,32 @@ def main() -> None:
     except ModelError as exc:
         log.error("cannot serve the model: %s", exc)
         sys.exit(EXIT_MODEL)
-    # Metrics from every worker go to files here and /metrics sums them. Under a
-    # read-only root filesystem this is the /tmp tmpfs.
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-api-metrics-")
+    try:
+        _metrics_dir()
+    except OSError as exc:
+        log.error(
+            "bad configuration: API_WORKERS=%d needs a writable directory for the workers' "
+            "metrics (a /tmp volume, or PROMETHEUS_MULTIPROC_DIR): %s",
+            settings.workers,
+            exc,
+        )
+        sys.exit(2)
     log.info("starting %d workers", settings.workers)
     uvicorn.run("model_api.main:app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def _metrics_dir() -> None:
+    """Metrics from every worker go to files in one directory and /metrics sums them.
+    A new one under /tmp (the tmpfs under a read-only root), or the one given, emptied:
+    files left from an earlier run would be counted again."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-api-metrics-")
+        return
+    directory = Path(given)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
 
 
 def _serve_one(settings: ApiSettings, common: dict[str, Any]) -> int:
