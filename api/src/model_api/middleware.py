@@ -9,10 +9,11 @@ answers, goes through FastAPI, and OpenAPI describes the same endpoints.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,12 @@ class RequestMiddleware:
     ) -> None:
         self.app = app
         self.access_log = access_log
+        # Request ids: a random prefix per process and a counter - unique across workers
+        # and pods without a random syscall per request.
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
+        # (method, route, status) -> (counter child, histogram child): labels() once each.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.fast_routes = fast_routes
@@ -76,7 +83,7 @@ class RequestMiddleware:
             elif name == b"content-length":
                 length = value
         if not rid:
-            rid = uuid.uuid4().hex.encode()
+            rid = f"{self._id_prefix}{next(self._ids):016x}".encode()
         token = request_id.set(rid.decode())
         status = 500
 
@@ -136,8 +143,15 @@ class RequestMiddleware:
 
     def _record(self, scope: Scope, template: str, status: int, seconds: float) -> None:
         method = scope["method"]
-        self.metrics.requests.labels(method, template, str(status)).inc()
-        self.metrics.latency.labels(method, template).observe(seconds)
+        series = self._series.get((method, template, status))
+        if series is None:
+            series = (
+                self.metrics.requests.labels(method, template, str(status)),
+                self.metrics.latency.labels(method, template),
+            )
+            self._series[(method, template, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
         path = scope["path"]
         if not self.access_log or (status == 200 and path in QUIET_PATHS):
             return
