@@ -9,6 +9,7 @@ per scenario:
   (a) HTTP ceiling: a bare ASGI app under the same uvicorn settings as the API, reading
       the same POST body and returning a fixed small JSON body;
   (b) compute ceiling: ONNX Runtime `session.run` on one row in a loop, in process;
+  a reference: FastAPI with one route returning the same fixed body (the framework's cost);
   the API: POST /predict with 1 row and with 32 rows, POST /v2/.../infer with 1 row,
       once with INFERENCE_MODE=inline and once with threadpool; and /predict with 1 row
       without the access log (API_ACCESS_LOG=false).
@@ -69,6 +70,26 @@ BARE_APP = textwrap.dedent(
     """
 )
 
+# A reference point between (a) and the API: FastAPI itself, one route returning the same
+# bytes, so the table shows what the framework costs before any of our code runs.
+FASTAPI_APP = textwrap.dedent(
+    """
+    import sys, uvicorn
+    from fastapi import FastAPI, Request, Response
+
+    BODY = b'{"prediction":[0.9714092016220093,0.015860972926020622,0.012729969806969166]}'
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        await request.body()
+        return Response(BODY, media_type="application/json")
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_config=None,
+                access_log=False, timeout_keep_alive=5, server_header=False)
+    """
+)
+
 # wrk: POST a fixed body; print the summary as one JSON line at the end.
 LUA = """
 wrk.method = "POST"
@@ -106,7 +127,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
         if process.poll() is not None:
             sys.exit(f"server exited with {process.returncode} before {url} answered")
         try:
-            if httpx.get(url, timeout=1).status_code in (200, 405):
+            if httpx.get(url, timeout=1).status_code < 500:  # any answer but "not ready"
                 return
         except httpx.TransportError:
             pass
@@ -264,10 +285,10 @@ def run_api(
     return results, memory
 
 
-def run_bare(args: argparse.Namespace) -> Result:
+def run_bare(args: argparse.Namespace, source: str = BARE_APP, name: str = "") -> Result:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", BARE_APP, str(port)],
+        [sys.executable, "-c", source, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -278,7 +299,7 @@ def run_bare(args: argparse.Namespace) -> Result:
             json.dumps({"data": [SETOSA]}),
             args.duration,
             args,
-            "(a) HTTP ceiling: bare ASGI app, same uvicorn",
+            name or "(a) HTTP ceiling: bare ASGI app, same uvicorn",
         )
     finally:
         stop(process)
@@ -333,7 +354,9 @@ def main() -> None:
     print(f"machine: {description}", flush=True)
     bare = run_bare(args)
     print(f"{bare.name}: {bare.rps:,.0f} req/s", flush=True)
-    rows, memory = [bare], {}
+    framework = run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body")
+    print(f"{framework.name}: {framework.rps:,.0f} req/s", flush=True)
+    rows, memory = [bare, framework], {}
     for mode in ("inline", "threadpool"):
         results, memory[mode] = run_api(args, mode)
         for r in results:
