@@ -41,7 +41,7 @@ publish: venv ## upload a version directory to the running stack's bucket
 	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI)
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup
+.PHONY: bench-startup bench-api
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
@@ -94,6 +94,9 @@ loadtest-ui: venv ## locust's web UI on http://127.0.0.1:8089 (or UI_PORT), aime
 loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highest step held)
 	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
 	  && uv run --frozen python loadtest/capacity_report.py $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
+
+bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (needs wrk)
+	uv run --frozen python loadtest/bench_api.py
 
 # --- development --------------------------------------------------------------
 .PHONY: venv test test-unit test-integration test-e2e test-k8s lint fmt lock

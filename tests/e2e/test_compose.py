@@ -27,6 +27,21 @@ def test_seed_predictions_through_the_published_port(stack: Stack) -> None:
     assert metadata["source_uri"] == "gs://ml-models/iris_svc/v1/"
 
 
+def test_v2_and_metrics_in_the_hardened_container(stack: Stack) -> None:
+    """The default worker count (the container's CPUs) with a read-only root: the
+    metrics of all workers are summed from files in the /tmp tmpfs."""
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
+    for _ in range(10):
+        response = httpx.post(f"{stack.api}/v2/models/iris_svc/versions/v1/infer", json=body)
+        assert response.status_code == 200 and response.headers["x-model-version"] == "v1"
+    assert response.json()["outputs"][1]["data"] == ["setosa"]
+    metrics = httpx.get(f"{stack.api}/metrics").text
+    line = 'http_requests_total{method="POST",route="/v2/models/{name}/versions/{version}/infer"'
+    assert f'{line},status="200"}} 10.0' in metrics
+    info = [x for x in metrics.splitlines() if x.startswith("model_info{")]
+    assert len(info) == 1 and 'name="iris_svc"' in info[0] and 'version="v1"' in info[0]
+
+
 def test_loader_ran_once_and_exited_zero_before_the_api_started(stack: Stack) -> None:
     containers = stack.containers()
     loader, api = containers["loader"]["State"], containers["api"]["State"]

@@ -116,35 +116,74 @@ class ApiServer:
 StartApi = Callable[..., ApiServer]
 
 
+def launch_api(model_dir: Path, wait_path: str = "/ready", **env: str) -> ApiServer:
+    """`python -m model_api` (real uvicorn) on a free port; returns once `wait_path` is 200."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_api"],
+        env={
+            **os.environ,
+            "MODEL_DIR": str(model_dir),
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(port),
+            "API_WORKERS": "1",
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = ApiServer(f"http://127.0.0.1:{port}", process)
+    try:
+        wait_http(f"{server.url}{wait_path}", process)
+    except BaseException:
+        stop_api(server)
+        raise
+    return server
+
+
+def stop_api(server: ApiServer) -> str:
+    """Stop it (SIGTERM, then SIGKILL after 15 s) and return everything it printed."""
+    server.process.terminate()
+    try:
+        out, _ = server.process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        out, _ = server.process.communicate()
+    return out or ""
+
+
 @pytest.fixture
 def start_api() -> Iterator[StartApi]:
     """Start `python -m model_api` (real uvicorn) on a free port; wait until /ready."""
-    started: list[subprocess.Popen[str]] = []
+    started: list[ApiServer] = []
 
     def start(model_dir: Path, **env: str) -> ApiServer:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "model_api"],
-            env={
-                **os.environ,
-                "MODEL_DIR": str(model_dir),
-                "API_HOST": "127.0.0.1",
-                "API_PORT": str(port),
-                **env,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(process)
-        server = ApiServer(f"http://127.0.0.1:{port}", process)
-        wait_http(f"{server.url}/ready", process)
+        server = launch_api(model_dir, **env)
+        started.append(server)
         return server
 
     yield start
-    for process in started:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    for server in started:
+        stop_api(server)
+
+
+@pytest.fixture(scope="session")
+def loaded_model_dir(fake_gcs: FakeGcs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MODEL_DIR the real loader published iris_svc/v1 into (with its manifest)."""
+    model_dir = tmp_path_factory.mktemp("api-models")
+    result = run_loader(
+        {
+            "STORAGE_EMULATOR_HOST": fake_gcs.url,
+            "MODEL_URI": f"gs://{BUCKET}/iris_svc/v1/",
+            "MODEL_DIR": str(model_dir),
+            "LOADER_WAIT_SECONDS": "5",
+        }
+    )
+    assert result.returncode == 0, result.stderr
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def fake_gcs_url(fake_gcs: FakeGcs) -> str:
+    return fake_gcs.url

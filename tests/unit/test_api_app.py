@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +20,19 @@ def make_settings(**env: str) -> ApiSettings:
     return ApiSettings(MODEL_DIR=str(MODEL_V1), **env)  # type: ignore[call-arg]
 
 
+def wait_ready(client: TestClient, timeout: float = 20.0) -> None:
+    """The lifespan loads the model in the background: ready comes a moment later."""
+    deadline = time.monotonic() + timeout
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     app = create_app(make_settings(MAX_BATCH_SIZE="200"))
-    with TestClient(app) as c:  # runs the lifespan: load + warm-up
+    with TestClient(app) as c:  # runs the lifespan: load + warm-up, in the background
+        wait_ready(c)
         yield c
 
 
@@ -97,7 +107,12 @@ def test_metadata_describes_the_model(client: TestClient) -> None:
         ('{"data": 5}', 422, "data: Input should be a valid list"),
         ('{"rows": [[1, 2, 3, 4]]}', 422, "data: Field required"),
         ("[1, 2]", 422, "body: Input should be a valid dictionary"),
+        ('{"data": [[3.5e38, 1, 2, 3]]}', 422, "data.0.0: out of the model's float32 range"),
+        ('{"data": [[1, 2, 3, 1e999]]}', 422, "data.0.3: must be a finite number, got inf"),
+        ('{"data": [[1, 2, 3, 4]], "extra": 1}', 422, "extra: Extra inputs are not permitted"),
         ('{"data": [[1, 2, 3, 4]]', 400, "malformed JSON"),
+        ('{"data": [[1, 2, 3, 4]]} trailing', 400, "malformed JSON"),
+        ("[" * 100_000 + "]" * 100_000, 400, "malformed JSON"),
         ("", 400, "empty request body"),
     ],
 )
@@ -136,3 +151,64 @@ def test_model_without_sample_answers_404_on_test_routes(tmp_path: Path) -> None
     with TestClient(app) as c:
         response = c.get("/predict/test")
     assert response.status_code == 404 and "ships no sample.json" in response.json()["error"]
+
+
+def test_body_over_max_body_bytes_is_413() -> None:
+    app = create_app(make_settings(MAX_BODY_BYTES="2048"), OnnxModel.load(MODEL_V1))
+    with TestClient(app) as c:
+        body = '{"data": [' + ", ".join(["[1, 2, 3, 4]"] * 200) + "]}"
+        response = c.post("/predict", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+        assert "exceeds MAX_BODY_BYTES=2048" in response.json()["error"]
+        assert c.post("/predict", json={"data": [SETOSA]}).status_code == 200
+
+
+def test_gzip_bodies_are_415_not_garbage(client: TestClient) -> None:
+    response = client.post(
+        "/predict",
+        content=b"\x1f\x8b...",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert response.status_code == 415 and "gzip" in response.json()["error"]
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    assert client.get("/health", headers={"X-Request-ID": "a1-b2"}).headers["x-request-id"] == (
+        "a1-b2"
+    )
+    # Unsafe ids (spaces, quotes, over 128 characters) are replaced, not reflected.
+    for bad in ("has space", 'q"uote', "x" * 129):
+        rid = client.get("/health", headers={"X-Request-ID": bad}).headers["x-request-id"]
+        assert rid != bad and len(rid) == 32
+
+
+def test_prediction_responses_carry_the_model_version(client: TestClient) -> None:
+    for response in (
+        client.post("/predict", json={"data": [SETOSA]}),
+        client.post("/predict/label", json={"data": [SETOSA]}),
+        client.get("/predict/test"),
+        client.get("/predict/test/label"),
+    ):
+        assert response.headers["x-model-version"] == "v1"
+
+
+def test_metrics_names(client: TestClient) -> None:
+    client.post("/predict", json={"data": [SETOSA]})
+    text = client.get("/metrics").text
+    for name in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "model_inference_seconds_bucket",
+        "model_batch_size_bucket",
+        "model_info",
+        "model_load_seconds",
+    ):
+        assert f"\n{name}" in text, name
+    assert 'route="/predict",status="200"' in text
+
+
+def test_threadpool_inference_gives_the_same_answer() -> None:
+    settings = make_settings(INFERENCE_MODE="threadpool")
+    with TestClient(create_app(settings, OnnxModel.load(MODEL_V1))) as c:
+        prediction = c.post("/predict", json={"data": [SETOSA]}).json()["prediction"]
+    assert prediction[0] > 0.9

@@ -1,4 +1,4 @@
-"""Entry point: settings -> logging -> check the model -> uvicorn.
+"""Entry point: settings -> logging -> uvicorn; the app loads the model once listening.
 
 Exit codes: 0 stopped cleanly; 2 bad settings; 3 the model directory cannot be served
 (missing, corrupt, or not what the manifest recorded) — one line says which.
@@ -7,7 +7,11 @@ Exit codes: 0 stopped cleanly; 2 bad settings; 3 the model directory cannot be s
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -15,8 +19,7 @@ from pydantic import ValidationError
 from model_api.config import ApiSettings
 from model_api.errors import ModelError
 from model_api.logging import configure_logging
-from model_api.main import create_app
-from model_api.model import OnnxModel
+from model_api.main import EXIT_MODEL, create_app, load_model
 
 log = logging.getLogger("model_api")
 
@@ -31,26 +34,67 @@ def main() -> None:
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format)
 
-    # Fail before listening, with one line, rather than serve 500s or crash-loop quietly.
-    try:
-        model = OnnxModel.load(settings.model_dir, settings.ort_threads)
-    except ModelError as exc:
-        log.error("cannot serve the model: %s", exc)
-        sys.exit(3)
-
-    common = {
+    common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_config": None,
+        "access_log": False,  # model_api.access writes them, with the request id
         "timeout_keep_alive": settings.keep_alive_seconds,
         "timeout_graceful_shutdown": 20,
         "server_header": False,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, model), **common)
-    else:
-        del model  # each worker process loads its own copy
-        uvicorn.run("model_api.main:app_from_env", factory=True, workers=settings.workers, **common)
+        sys.exit(_serve_one(settings, common))
+
+    # Several workers: check the model once here, so a bad one stops the whole process
+    # with one line instead of workers failing (and being restarted) one by one.
+    try:
+        load_model(settings)
+    except ModelError as exc:
+        log.error("cannot serve the model: %s", exc)
+        sys.exit(EXIT_MODEL)
+    try:
+        _metrics_dir()
+    except OSError as exc:
+        log.error(
+            "bad configuration: API_WORKERS=%d needs a writable directory for the workers' "
+            "metrics (a /tmp volume, or PROMETHEUS_MULTIPROC_DIR): %s",
+            settings.workers,
+            exc,
+        )
+        sys.exit(2)
+    log.info("starting %d workers", settings.workers)
+    uvicorn.run("model_api.main:app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def _metrics_dir() -> None:
+    """Metrics from every worker go to files in one directory and /metrics sums them.
+    A new one under /tmp (the tmpfs under a read-only root), or the one given, emptied:
+    files left from an earlier run would be counted again."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-api-metrics-")
+        return
+    directory = Path(given)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
+def _serve_one(settings: ApiSettings, common: dict[str, Any]) -> int:
+    failed: list[ModelError] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_error(exc: ModelError) -> None:
+        failed.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, on_load_error=on_load_error), **common)
+    )
+    server.run()
+    return EXIT_MODEL if failed else 0
 
 
 if __name__ == "__main__":

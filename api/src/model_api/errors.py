@@ -4,18 +4,21 @@
     ├── ModelMissingError          model.onnx / label.json absent
     └── ModelInvalidError          unreadable, corrupt, or not the shape we serve
     ApiError (500)                 raised by routes; rendered as {"error": "..."}
-    ├── BadRequestError (400)      malformed JSON
-    ├── InvalidInputError (422)    well-formed JSON the model cannot take
+    ├── BadRequestError (400)      malformed JSON; any bad input on the V2 protocol
+    ├── NotFoundError (404)        no such model / version, no sample
+    ├── PayloadTooLargeError (413) body over MAX_BODY_BYTES
     ├── UnsupportedMediaError (415)
-    ├── NotFoundError (404)
+    ├── InvalidInputError (422)    well-formed JSON the model cannot take (seed routes)
     └── NotReadyError (503)        the model is not loaded (yet)
 
-FastAPI's RequestValidationError is translated to InvalidInputError / BadRequestError
-with the offending field named, so no client input produces a 500.
+FastAPI's RequestValidationError and pydantic's ValidationError are translated to
+InvalidInputError / BadRequestError with the offending field named, so no client input
+produces a 500.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -51,6 +54,10 @@ class NotFoundError(ApiError):
     status_code = 404
 
 
+class PayloadTooLargeError(ApiError):
+    status_code = 413
+
+
 class UnsupportedMediaError(ApiError):
     status_code = 415
 
@@ -69,7 +76,23 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def _message(error: dict[str, Any]) -> str:
+    kind = error.get("type")
+    if kind == "float_type":
+        value = error.get("input")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return "must be a finite number, got an integer too large for a float"
+        return f"must be a number, got {type(value).__name__}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {error.get('input')}"
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def describe_errors(errors: Sequence[Any]) -> str:
+    """pydantic errors as one line: `field: problem; field: problem` (the first five)."""
+    problems = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {_message(e)}" for e in errors[:5])
+    if len(errors) > 5:
+        problems += f"; and {len(errors) - 5} more"
+    return problems
 
 
 def translate_validation_error(exc: RequestValidationError) -> ApiError:
@@ -82,15 +105,16 @@ def translate_validation_error(exc: RequestValidationError) -> ApiError:
         return BadRequestError(
             'empty request body; send JSON like {"data": [[5.1, 3.5, 1.4, 0.2]]}'
         )
-    problems = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {_message(e)}" for e in errors[:5])
-    if len(errors) > 5:
-        problems += f"; and {len(errors) - 5} more"
-    return InvalidInputError(problems)
+    return InvalidInputError(describe_errors(errors))
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    return error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

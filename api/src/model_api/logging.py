@@ -1,29 +1,36 @@
-"""Log set-up for the API: stdout, text or JSON lines; uvicorn's loggers go through it too."""
+"""Log set-up for the API: stdout, text or JSON lines, each carrying the request id.
+
+uvicorn's own loggers go through the same handler; its access log is replaced by
+`model_api.access` lines written by the request middleware (they carry the request id,
+the route and the duration, which uvicorn's cannot).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
-# Probes hit these every few seconds; their access lines would drown the rest.
-PROBE_PATHS = ("/health", "/ready", "/v2/health/live", "/v2/health/ready")
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# The current request's id; "-" outside a request (start-up, shutdown).
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
 
 
-class _DropProbes(logging.Filter):
+class _RequestId(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        # uvicorn.access records carry (client, method, path, http_version, status).
-        args = record.args
-        ok = isinstance(args, tuple) and len(args) >= 5 and args[4] == 200
-        return not (ok and str(args[2]).split("?", 1)[0] in PROBE_PATHS)
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
 
 
 def configure_logging(level: str, fmt: str) -> None:
     """Called once per process; pass `log_config=None` to uvicorn so it adds nothing."""
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(_RequestId())
     if fmt == "json":
         handler.setFormatter(
             JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "severity", "asctime": "time"})
@@ -37,6 +44,3 @@ def configure_logging(level: str, fmt: str) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
-    access = logging.getLogger("uvicorn.access")
-    access.filters[:] = [f for f in access.filters if not isinstance(f, _DropProbes)]
-    access.addFilter(_DropProbes())

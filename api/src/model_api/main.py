@@ -1,52 +1,141 @@
-"""The application factory. Nothing is loaded at import time."""
+"""The application factory. Nothing is loaded at import time.
+
+Start-up order: the socket listens at once (live: /health answers), the model loads and
+warms up in a thread (/ready answers 503 meanwhile), then the app is ready. A model that
+cannot be served calls `on_load_error`: the entry point stops the server and exits 3.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from model_api import __version__
 from model_api.config import ApiSettings
-from model_api.errors import install_error_handlers
+from model_api.errors import ModelError, ModelMissingError, install_error_handlers
 from model_api.logging import configure_logging
+from model_api.metrics import Metrics
+from model_api.middleware import FastRoute, FastRoutes, RequestMiddleware
 from model_api.model import OnnxModel
-from model_api.routes import health, seed
+from model_api.routes import health, metrics, seed, v2
 
 log = logging.getLogger(__name__)
 
+LoadErrorHandler = Callable[[ModelError], None]
+EXIT_MODEL = 3
 
-def create_app(settings: ApiSettings, model: OnnxModel | None = None) -> FastAPI:
-    """Build the app. `model` may be loaded already (single-worker start, tests);
-    otherwise the lifespan loads it from `settings.model_dir`. Either way the app
-    reports ready only after a warm-up inference succeeded."""
+
+def load_model(settings: ApiSettings) -> OnnxModel:
+    """Load and warm up, waiting up to MODEL_WAIT_SECONDS for the model to appear."""
+    deadline = time.monotonic() + settings.model_wait_seconds
+    while True:
+        try:
+            started = time.monotonic()
+            model = OnnxModel.load(settings.model_dir, settings.ort_threads)
+            model.warmup()
+            model.load_seconds = time.monotonic() - started
+            return model
+        except ModelMissingError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("waiting for the model: %s", exc)
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+
+def create_app(
+    settings: ApiSettings,
+    model: OnnxModel | None = None,
+    on_load_error: LoadErrorHandler | None = None,
+) -> FastAPI:
+    """Build the app. `model` may be loaded already (tests); otherwise the lifespan loads
+    it from `settings.model_dir` in the background. Either way the app reports ready only
+    after a warm-up inference succeeded."""
+    app_metrics = Metrics()
+    fast_routes: FastRoutes = {
+        ("POST", "/predict"): FastRoute(seed.predict, "/predict"),
+        ("POST", "/predict/label"): FastRoute(seed.predict_label, "/predict/label"),
+        ("GET", "/predict/test"): FastRoute(seed.predict_test, "/predict/test"),
+        ("GET", "/predict/test/label"): FastRoute(seed.predict_test_label, "/predict/test/label"),
+    }
+
+    def serve(app: FastAPI, loaded: OnnxModel) -> None:
+        fast_routes.update(v2.fast_routes(loaded.name, loaded.version))
+        app_metrics.model_info.labels(loaded.name, loaded.version, loaded.sha256).set(1)
+        app_metrics.load_seconds.set(loaded.load_seconds)
+        app.state.model = loaded
+        log.info("ready: serving %s %s", loaded.name, loaded.version)
+
+    async def load_in_background(app: FastAPI) -> None:
+        try:
+            loaded = await asyncio.to_thread(load_model, settings)
+        except ModelError as exc:
+            app.state.load_error = exc
+            log.error("cannot serve the model: %s", exc)
+            (on_load_error or _exit_process)(exc)
+            return
+        serve(app, loaded)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = model or await asyncio.to_thread(
-            OnnxModel.load, settings.model_dir, settings.ort_threads
-        )
-        loaded.warmup()
-        app.state.model = loaded
-        log.info("ready: serving %s %s", loaded.name, loaded.version)
+        task = None
+        if model is not None:
+            model.warmup()
+            serve(app, model)
+        else:
+            task = asyncio.create_task(load_in_background(app))
         yield
         app.state.model = None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     app = FastAPI(
         title="Model-Load API",
         version=__version__,
-        description="Serves the model the loader published: the seed's contract.",
+        description=(
+            "Serves the model the loader published: the seed's contract and the "
+            "Open Inference Protocol (V2)."
+        ),
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.model = None
+    app.state.load_error = None
+    app.state.metrics = app_metrics
+    app.state.inline_inference = settings.inference_mode == "inline"
     install_error_handlers(app)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=app_metrics,
+        max_body_bytes=settings.max_body_bytes,
+        fast_routes=fast_routes,
+        access_log=settings.access_log,
+    )
+    # Hot routes first: the router tries routes in order.
+    app.include_router(seed.direct)
+    app.include_router(v2.direct)
     app.include_router(health.router)
     app.include_router(seed.router)
+    app.include_router(v2.router)
+    app.include_router(metrics.router)
     return app
+
+
+def _exit_process(exc: ModelError) -> None:
+    """Default for worker processes (API_WORKERS > 1): nothing to serve, so leave."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    os._exit(EXIT_MODEL)
 
 
 def app_from_env() -> FastAPI:

@@ -134,7 +134,11 @@ class OnnxModel:
         return probabilities
 
     def predict_label(self, rows: np.ndarray) -> list[str]:
-        return [self.labels[i] for i in self.predict_proba(rows).argmax(axis=1)]
+        return self.labels_of(self.predict_proba(rows))
+
+    def labels_of(self, probabilities: np.ndarray) -> list[str]:
+        """The most probable label per row."""
+        return [self.labels[i] for i in probabilities.argmax(axis=1).tolist()]
 
     def warmup(self) -> None:
         """One inference on the sample (or zeros), so the first request pays no set-up."""

@@ -1,24 +1,15 @@
-"""Request and response bodies of the seed's contract (POST /predict and friends)."""
+"""Request and response bodies: the seed's contract and the Open Inference Protocol (V2)."""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
 
-
-def _feature(value: Any) -> float:
-    # Strict: JSON numbers only. No booleans, no numeric strings, no NaN/Infinity
-    # (Python's json module accepts the literals NaN and Infinity).
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value}")
-    return float(value)
-
-
-Feature = Annotated[float, PlainValidator(_feature), WithJsonSchema({"type": "number"})]
+# Strict: JSON numbers only. No booleans, no numeric strings, no NaN/Infinity (Python's
+# json module accepts those literals). Checked in pydantic-core, not per value in Python;
+# errors.describe_errors words the messages ("must be a finite number, got nan").
+Feature = Annotated[float, Strict(), AllowInfNan(False)]
 
 
 class PredictRequest(BaseModel):
@@ -71,3 +62,84 @@ class MetadataResponse(BaseModel):
     outputs: list[TensorMetadata]
     labels: list[str]
     sample_input: list[list[float]] | None
+
+
+# -- Open Inference Protocol (V2) ---------------------------------------------------------
+Parameters = dict[StrictStr, Any]
+
+
+class V2RequestInput(BaseModel):
+    name: StrictStr
+    shape: list[Annotated[StrictInt, Field(ge=0)]]
+    datatype: StrictStr
+    parameters: Parameters | None = None
+    # Row-major, flat or nested; absent when the tensor travels as binary data.
+    data: list[Any] | None = None
+
+
+class V2RequestOutput(BaseModel):
+    name: StrictStr
+    parameters: Parameters | None = None
+
+
+class V2InferRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 4],
+                            "datatype": "FP32",
+                            "data": [5.1, 3.5, 1.4, 0.2],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    id: StrictStr | None = None
+    parameters: Parameters | None = None
+    inputs: list[V2RequestInput] = Field(min_length=1)
+    outputs: list[V2RequestOutput] | None = None
+
+
+class V2ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[V2ResponseOutput]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class ErrorResponse(BaseModel):
+    error: str

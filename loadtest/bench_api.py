@@ -1,0 +1,387 @@
+"""The API's throughput and latency next to two ceilings, measured in one run.
+
+    uv run python loadtest/bench_api.py            # or: make bench-api
+
+Starts everything on 127.0.0.1 (free ports) and drives it with wrk (a native load
+generator; Debian: `apt-get install -y wrk`) at 16 connections, a warm-up, then >= 10 s
+per scenario:
+
+  (a) HTTP ceiling: a bare ASGI app under the same uvicorn settings as the API, reading
+      the same POST body and returning a fixed small JSON body;
+  (b) compute ceiling: ONNX Runtime `session.run` on one row in a loop, in process;
+  a reference: FastAPI with one route returning the same fixed body (the framework's cost);
+  the API: POST /predict with 1 row and with 32 rows, POST /v2/.../infer with 1 row,
+      once with INFERENCE_MODE=inline and once with threadpool; and /predict with 1 row
+      without the access log (API_ACCESS_LOG=false).
+
+Prints req/s, p50 and p99 per scenario, the ratio to (a), resident memory per worker and
+the machine, and writes the same to loadtest/results/api.md. On a shared machine compare
+the ratios within one run, not absolute figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "iris_svc" / "v1"
+RESULTS = ROOT / "loadtest" / "results" / "api.md"
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+ROWS_32 = [[5.1 + i * 0.05, 3.5, 1.4 + i * 0.15, 0.2 + i * 0.07] for i in range(32)]
+V2_PATH = "/v2/models/iris_svc/versions/v1/infer"
+
+# The bare app (a): what uvicorn + httptools + uvloop can do with no framework at all.
+BARE_APP = textwrap.dedent(
+    """
+    import sys, uvicorn
+
+    BODY = b'{"prediction":[0.9714092016220093,0.015860972926020622,0.012729969806969166]}'
+    HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:  # read the request body, as the API must
+            message = await receive()
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": BODY})
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_config=None,
+                access_log=False, timeout_keep_alive=5, server_header=False)
+    """
+)
+
+# A reference point between (a) and the API: FastAPI itself, one route returning the same
+# bytes, so the table shows what the framework costs before any of our code runs.
+FASTAPI_APP = textwrap.dedent(
+    """
+    import sys, uvicorn
+    from fastapi import FastAPI, Request, Response
+
+    BODY = b'{"prediction":[0.9714092016220093,0.015860972926020622,0.012729969806969166]}'
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        await request.body()
+        return Response(BODY, media_type="application/json")
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_config=None,
+                access_log=False, timeout_keep_alive=5, server_header=False)
+    """
+)
+
+# wrk: POST a fixed body; print the summary as one JSON line at the end.
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[{body}]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"errors": %d, "non2xx": %d}}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:  # any answer but "not ready"
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    sys.exit(f"{url} did not answer within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wrk(url: str, body: str, seconds: float, args: argparse.Namespace, name: str) -> Result:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA.format(body=body))
+    try:
+        command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-s", script.name]
+        # Warm-up (discarded), then the measured run.
+        subprocess.run([*command, f"-d{args.warmup}s", url], capture_output=True, check=True)
+        out = subprocess.run(
+            [*command, f"-d{seconds:g}s", "--latency", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    r = json.loads(line.removeprefix("RESULT "))
+    return Result(
+        name,
+        r["requests"] / (r["duration_us"] / 1e6),
+        r["p50_us"] / 1000,
+        r["p99_us"] / 1000,
+        r["errors"] + r["non2xx"],
+    )
+
+
+def rss_mib(pid: int) -> dict[int, float]:
+    """Resident memory of the server's processes that serve (its workers, or itself)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    pids = [c for c in children if _is_worker(c)] or [pid]
+    out = {}
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out[p] = int(line.split()[1]) / 1024
+    return out
+
+
+def _is_worker(pid: int) -> bool:
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b"multiprocessing" in cmdline or b"spawn_main" in cmdline
+
+
+def compute_ceiling(seconds: float) -> Result:
+    """(b) session.run on one row, in a loop, with the API's session options."""
+    import numpy as np
+
+    from model_api.model import OnnxModel
+
+    model = OnnxModel.load(MODEL_DIR)
+    session, feeds = model.session, {model.input_name: np.asarray([SETOSA], dtype=np.float32)}
+    outputs = [model.probabilities_name]
+    for _ in range(1000):
+        session.run(outputs, feeds)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter_ns()
+        session.run(outputs, feeds)
+        times.append(time.perf_counter_ns() - t0)
+    q = statistics.quantiles(times, n=100)
+    return Result(
+        "(b) compute ceiling: session.run, 1 row",
+        1e9 / statistics.mean(times),
+        q[49] / 1e6,
+        q[98] / 1e6,
+    )
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    mem_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    import onnxruntime
+    import uvicorn
+
+    wrk_out = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    wrk_version = wrk_out.split("\n")[0].split(" Copyright")[0]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {mem_kib / 1024 / 1024:.0f} GiB RAM; "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
+        f"uvicorn {uvicorn.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"{wrk_version.strip()}; load average at start {load}"
+    )
+
+
+def run_api(
+    args: argparse.Namespace, mode: str, access_log: bool = True
+) -> tuple[list[Result], dict[int, float]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(MODEL_DIR),
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "API_WORKERS": str(args.workers),
+        "INFERENCE_MODE": mode,
+        "API_ACCESS_LOG": str(access_log).lower(),
+        "LOG_LEVEL": args.log_level,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"{url}/ready", process)
+        v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
+        if not access_log:
+            one = wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
+                      f"API /predict, 1 row ({mode}, API_ACCESS_LOG=false)")  # fmt: skip
+            return [one], rss_mib(process.pid)
+        results = [
+            wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
+                f"API /predict, 1 row ({mode})"),
+            wrk(f"{url}/predict", json.dumps({"data": ROWS_32}), args.duration, args,
+                f"API /predict, 32 rows ({mode})"),
+            wrk(f"{url}{V2_PATH}", json.dumps(v2), args.duration, args,
+                f"API V2 infer, 1 row ({mode})"),
+        ]  # fmt: skip
+        memory = rss_mib(process.pid)
+    finally:
+        stop(process)
+    return results, memory
+
+
+def run_bare(args: argparse.Namespace, source: str = BARE_APP, name: str = "") -> Result:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", source, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", process)
+        return wrk(
+            f"http://127.0.0.1:{port}/predict",
+            json.dumps({"data": [SETOSA]}),
+            args.duration,
+            args,
+            name or "(a) HTTP ceiling: bare ASGI app, same uvicorn",
+        )
+    finally:
+        stop(process)
+
+
+def report(
+    rows: list[Result],
+    ceiling: Result,
+    memory: dict[str, dict[int, float]],
+    args: argparse.Namespace,
+) -> str:
+    lines = [
+        "| scenario | req/s | p50 ms | p99 ms | ratio to (a) | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = r.rps / ceiling.rps if ceiling.rps else float("nan")
+        cells = [r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{ratio:.0%}"]
+        lines.append("| " + " | ".join([*cells, str(r.errors)]) + " |")
+    mem = "; ".join(
+        f"{mode}: " + ", ".join(f"{v:.0f} MiB" for v in per.values())
+        for mode, per in memory.items()
+    )
+    lines += [
+        "",
+        f"wrk: {args.connections} connections, {args.threads} threads, {args.warmup} s warm-up "
+        f"then {args.duration:g} s per scenario; API_WORKERS={args.workers}, "
+        f"LOG_LEVEL={args.log_level} (access log on). (b) runs in process, no HTTP.",
+        f"Resident memory per API worker after its runs: {mem}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10, help="seconds per scenario (>= 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per scenario")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=1, help="API_WORKERS for the API")
+    parser.add_argument("--log-level", default="INFO", help="the API's LOG_LEVEL")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit(
+            "wrk not found: install it first (Debian/Ubuntu: `apt-get install -y wrk`, "
+            "macOS: `brew install wrk`; `bash .ci/prepare` does it on Debian)"
+        )
+
+    started = datetime.now(UTC)
+    description = machine()
+    print(f"machine: {description}", flush=True)
+    bare = run_bare(args)
+    print(f"{bare.name}: {bare.rps:,.0f} req/s", flush=True)
+    framework = run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body")
+    print(f"{framework.name}: {framework.rps:,.0f} req/s", flush=True)
+    rows, memory = [bare, framework], {}
+    for mode in ("inline", "threadpool"):
+        results, memory[mode] = run_api(args, mode)
+        for r in results:
+            print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
+        rows += results
+    results, _ = run_api(args, "inline", access_log=False)
+    print(f"{results[0].name}: {results[0].rps:,.0f} req/s", flush=True)
+    rows += results
+    compute = compute_ceiling(min(args.duration, 5))
+    rows.append(compute)
+
+    table = report(rows, bare, memory, args)
+    print()
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        "# API benchmark\n\n"
+        f"`make bench-api` ({Path(__file__).name}), {started:%Y-%m-%d %H:%M} UTC.\n\n"
+        f"Machine: {description}.\n\n"
+        f"{table}\n"
+    )
+    print(
+        f"\nwritten to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

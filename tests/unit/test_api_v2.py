@@ -1,0 +1,143 @@
+"""routes/v2.py: the Open Inference Protocol's request and response shapes, in process."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from model_api.config import ApiSettings
+from model_api.main import create_app
+from model_api.model import OnnxModel
+from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
+
+INFER = "/v2/models/iris_svc/versions/v1/infer"
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    settings = ApiSettings(MODEL_DIR=str(MODEL_V1), MAX_BATCH_SIZE="10")  # type: ignore[call-arg]
+    with TestClient(create_app(settings, OnnxModel.load(MODEL_V1))) as c:
+        yield c
+
+
+def tensor(data: Any, shape: list[int] | None = None, **fields: Any) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": "input", "shape": shape or [1, 4], "datatype": "FP32", "data": data, **fields}
+        ]
+    }
+
+
+def test_server_and_model_metadata(client: TestClient) -> None:
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    body = client.get("/v2/models/iris_svc").json()
+    assert body == client.get("/v2/models/iris_svc/versions/v1").json()
+    assert body["name"] == "iris_svc" and body["versions"] == ["v1"]
+    assert body["outputs"] == [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ]
+    assert client.get("/v2/models/iris_svc/ready").json() == {"name": "iris_svc", "ready": True}
+    assert client.get("/v2/models/iris_svc/versions/v2/ready").status_code == 404
+
+
+def test_infer_response_shape(client: TestClient) -> None:
+    response = client.post(INFER, json={"id": "x1", **tensor([SETOSA, VIRGINICA], [2, 4])})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == ("iris_svc", "v1", "x1")
+    probabilities, label = body["outputs"]
+    assert probabilities["name"] == "probabilities" and probabilities["datatype"] == "FP32"
+    assert probabilities["shape"] == [2, 3] and len(probabilities["data"]) == 6
+    assert label == {
+        "name": "label",
+        "datatype": "BYTES",
+        "shape": [2],
+        "data": ["setosa", "virginica"],
+    }
+
+
+def test_id_defaults_to_the_request_id(client: TestClient) -> None:
+    response = client.post(INFER, json=tensor(SETOSA), headers={"X-Request-ID": "req-5"})
+    assert response.json()["id"] == "req-5"
+
+
+def test_binary_request_and_response(client: TestClient) -> None:
+    rows = np.array([SETOSA, VIRGINICA], dtype="<f4").tobytes()
+    header = (
+        b'{"inputs":[{"name":"input","shape":[2,4],"datatype":"FP32",'
+        b'"parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}'
+    )
+    response = client.post(
+        INFER, content=header + rows, headers={"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert response.status_code == 200, response.text
+    n = int(response.headers["inference-header-content-length"])
+    head, raw = response.content[:n], response.content[n:]
+    outputs = json.loads(head)["outputs"]
+    sizes = [o["parameters"]["binary_data_size"] for o in outputs]
+    probabilities = np.frombuffer(raw[: sizes[0]], dtype="<f4").reshape(2, 3)
+    assert probabilities.argmax(1).tolist() == [0, 2]
+    labels, rest = [], raw[sizes[0] :]
+    while rest:
+        (length,) = struct.unpack("<I", rest[:4])
+        labels.append(rest[4 : 4 + length].decode())
+        rest = rest[4 + length :]
+    assert labels == ["setosa", "virginica"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (tensor([1, 2, 3]), "3 values do not fill shape [1, 4]"),
+        (tensor([1, 2, 3], [1, 3]), "shape: must be [N, 4]"),
+        (tensor(SETOSA, [0, 4]), "with N >= 1"),
+        (tensor(SETOSA * 11, [11, 4]), "11 rows exceed MAX_BATCH_SIZE=10"),
+        (tensor([1, 2, 3, True]), "data: 3: must be a number, got bool"),
+        (tensor([1, 2, 3, "4"]), "must be a number, got str"),
+        (tensor([[1, 2], [3]], [1, 4]), "rows of different lengths"),
+        (tensor([3.5e38, 1, 2, 3]), "out of the model's float32 range"),
+        ({"inputs": []}, "inputs: List should have at least 1 item"),
+        ({"inputs": [{"name": "input"}]}, "inputs.0.shape: Field required"),
+        ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]},
+         "unknown input 'x'"),
+        ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64", "data": SETOSA}]},
+         "datatype: must be FP32"),
+        ({**tensor(SETOSA), "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
+        (tensor(None), "needs data, or parameters.binary_data_size"),
+        (tensor(None, parameters={"binary_data_size": 16}), "does not match the 0 bytes"),
+        ({"inputs": "x"}, "inputs: Input should be a valid list"),
+        ([1], "Input should be a valid dictionary"),
+    ],
+)  # fmt: skip
+def test_bad_requests_are_400_with_the_field(client: TestClient, body: Any, message: str) -> None:
+    response = client.post(INFER, json=body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+def test_nan_malformed_and_media_types(client: TestClient) -> None:
+    nan = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[NaN,1,2,3]}]}'
+    response = client.post(INFER, content=nan)
+    assert response.status_code == 400 and "must be a finite number" in response.json()["error"]
+    assert client.post(INFER, content=b"{").status_code == 400
+    assert client.post(INFER, content=b"", headers={}).status_code == 400
+    plain = client.post(INFER, json=tensor(SETOSA), headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/models/other", "/v2/models/other/ready", "/v2/models/iris_svc/versions/v0"]
+)
+def test_unknown_model_or_version_is_404(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404 and "error" in response.json()
+    assert (
+        client.post(f"{path.removesuffix('/ready')}/infer", json=tensor(SETOSA)).status_code == 404
+    )
