@@ -58,14 +58,16 @@ PINNED_FILE = "model.onnx"
 
 @dataclass(frozen=True)
 class LoadResult:
-    status: str  # "published" | "up-to-date"
+    status: str  # "published" | "up-to-date" | "dry run"
     path: Path
     manifest: dict[str, Any]
 
 
-def load(settings: LoaderSettings, source: Source) -> LoadResult:
+def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> LoadResult:
+    """Publish the source's version in MODEL_DIR. `dry_run`: list, check, touch nothing."""
     model_dir = Path(settings.model_dir)
-    _prepare(model_dir)
+    if not dry_run:
+        _prepare(model_dir)
     started = time.monotonic()
 
     log.info("listing %s", source.uri)
@@ -85,6 +87,11 @@ def load(settings: LoaderSettings, source: Source) -> LoadResult:
         return LoadResult("up-to-date", (model_dir / CURRENT).resolve(), current)
 
     total = sum(o.size for o in objects)
+    if dry_run:
+        for obj in objects:
+            log.info("would download %s (%d bytes) -> %s", obj.uri, obj.size, obj.name)
+        log.info("would publish %s %s: %d files, %d bytes", name, version, len(objects), total)
+        return LoadResult("dry run", model_dir / CURRENT, {})
     _check_space(model_dir, total)
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))

@@ -238,14 +238,19 @@ class Downloader:
 
     def _fetch_slice(self, state: _Fetch, index: int, buffer: memoryview) -> None:
         job = state.job
-        position, end = state.slices[index]
+        start, end = state.slices[index]
+        cursor = [start]  # advanced by _get_range as bytes land, kept across retries
         failures = 0
-        while position < end:
+        while cursor[0] < end:
             if state.error is not None or self._cancelled.is_set():
                 return
+            before = cursor[0]
             try:
-                position = self._get_range(state, position, end, buffer)
+                self._get_range(state, cursor, end, buffer)
             except _Retryable as exc:
+                if cursor[0] > before:
+                    failures = 0  # it made progress: count from here
+                position = cursor[0]
                 failures += 1
                 if failures >= self.settings.attempts:
                     raise SourceUnavailableError(
@@ -265,13 +270,11 @@ class Downloader:
                     delay,
                 )
                 self._cancelled.wait(delay)
-            else:
-                failures = 0
 
-    def _get_range(self, state: _Fetch, start: int, end: int, buffer: memoryview) -> int:
-        """GET bytes [start, end) into the file; return how far it got (== end on success)."""
+    def _get_range(self, state: _Fetch, cursor: list[int], end: int, buffer: memoryview) -> None:
+        """GET bytes [cursor[0], end) into the file, advancing cursor[0] as they land."""
         job = state.job
-        position = start
+        start = cursor[0]
         try:
             response = self.session.get(
                 job.url,
@@ -293,27 +296,30 @@ class Downloader:
                 while skip:
                     n = self._read(response, buffer[: min(len(buffer), skip)])
                     skip -= n
-            while position < end:
+            while cursor[0] < end:
                 if state.error is not None or self._cancelled.is_set():
-                    return position
-                n = self._read(response, buffer[: min(len(buffer), end - position)])
+                    return
+                n = self._read(response, buffer[: min(len(buffer), end - cursor[0])])
                 try:
-                    written = os.pwrite(state.fd, buffer[:n], position)
+                    written = os.pwrite(state.fd, buffer[:n], cursor[0])
                 except OSError as exc:
                     raise _destination_error(job.dest, exc) from exc
-                position += written
+                cursor[0] += written
                 state.progress(written)
-        return position
 
     @staticmethod
     def _read(response: requests.Response, into: memoryview) -> int:
+        # read1: whatever has arrived (up to the buffer), so every byte received before
+        # a reset or a stall is written and kept; read()/readinto() wait to fill it.
         try:
-            n = response.raw.readinto(into)
+            data = response.raw.read1(len(into))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Retryable(_brief(exc)) from exc
-        if not n:
+        if not data:
             raise _Retryable("connection closed before the range was complete")
-        return int(n)
+        n = len(data)
+        into[:n] = data
+        return n
 
 
 def _check_status(response: requests.Response, job: Job) -> None:
