@@ -41,9 +41,12 @@ publish: venv ## upload a version directory to the running stack's bucket
 	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI)
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup
+.PHONY: bench-startup bench-loader
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
+
+bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> loadtest/results/loader.md
+	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md
 
 # --- development --------------------------------------------------------------
 .PHONY: venv test test-unit test-integration test-e2e lint fmt lock

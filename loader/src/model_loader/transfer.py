@@ -224,19 +224,18 @@ class Downloader:
                 self._workers.append(worker)
 
     def _work(self) -> None:
-        buffer = memoryview(bytearray(_READ_BUFFER))
         while True:
             state, index = self._queue.get()
             if state.error is not None or self._cancelled.is_set():
                 continue
             try:
-                self._fetch_slice(state, index, buffer)
+                self._fetch_slice(state, index)
             except BaseException as exc:  # handed to the fetching thread, raised there
                 state.fail(exc)
             else:
                 state.finish_slice(index)
 
-    def _fetch_slice(self, state: _Fetch, index: int, buffer: memoryview) -> None:
+    def _fetch_slice(self, state: _Fetch, index: int) -> None:
         job = state.job
         start, end = state.slices[index]
         cursor = [start]  # advanced by _get_range as bytes land, kept across retries
@@ -246,7 +245,7 @@ class Downloader:
                 return
             before = cursor[0]
             try:
-                self._get_range(state, cursor, end, buffer)
+                self._get_range(state, cursor, end)
             except _Retryable as exc:
                 if cursor[0] > before:
                     failures = 0  # it made progress: count from here
@@ -271,7 +270,7 @@ class Downloader:
                 )
                 self._cancelled.wait(delay)
 
-    def _get_range(self, state: _Fetch, cursor: list[int], end: int, buffer: memoryview) -> None:
+    def _get_range(self, state: _Fetch, cursor: list[int], end: int) -> None:
         """GET bytes [cursor[0], end) into the file, advancing cursor[0] as they land."""
         job = state.job
         start = cursor[0]
@@ -294,32 +293,29 @@ class Downloader:
                 # The server ignored Range and sends the whole object: skip to `start`.
                 skip = start
                 while skip:
-                    n = self._read(response, buffer[: min(len(buffer), skip)])
-                    skip -= n
+                    skip -= len(self._read(response, min(_READ_BUFFER, skip)))
             while cursor[0] < end:
                 if state.error is not None or self._cancelled.is_set():
                     return
-                n = self._read(response, buffer[: min(len(buffer), end - cursor[0])])
+                data = self._read(response, min(_READ_BUFFER, end - cursor[0]))
                 try:
-                    written = os.pwrite(state.fd, buffer[:n], cursor[0])
+                    written = os.pwrite(state.fd, data, cursor[0])
                 except OSError as exc:
                     raise _destination_error(job.dest, exc) from exc
                 cursor[0] += written
                 state.progress(written)
 
     @staticmethod
-    def _read(response: requests.Response, into: memoryview) -> int:
-        # read1: whatever has arrived (up to the buffer), so every byte received before
-        # a reset or a stall is written and kept; read()/readinto() wait to fill it.
+    def _read(response: requests.Response, limit: int) -> bytes:
+        # read1: whatever has arrived (up to `limit`), so every byte received before a
+        # reset or a stall is written and kept; read()/readinto() wait to fill it.
         try:
-            data = response.raw.read1(len(into))
+            data = response.raw.read1(limit)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Retryable(_brief(exc)) from exc
         if not data:
             raise _Retryable("connection closed before the range was complete")
-        n = len(data)
-        into[:n] = data
-        return n
+        return data  # type: ignore[no-any-return]
 
 
 def _check_status(response: requests.Response, job: Job) -> None:
