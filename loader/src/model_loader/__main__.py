@@ -139,7 +139,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         _install_signal_handlers(settings.timeout_seconds)
-        result = load(settings, open_source(settings), dry_run=args.dry_run)
+        source = open_source(settings)
+        try:
+            result = load(settings, source, dry_run=args.dry_run)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
     except LoaderError as exc:
         log.error("%s: %s", exc.kind, exc.message, extra={"exit_code": exc.exit_code})
         write_termination_message(
