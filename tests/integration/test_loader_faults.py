@@ -125,16 +125,24 @@ def test_unchanged_rerun_downloads_nothing(
 def test_emulator_up_5_s_late(fault_data: Path, tmp_path: Path) -> None:
     late = FakeGcs(url=f"http://127.0.0.1:{free_port()}", data=fault_data)
     proxy = FaultProxy(upstream=late.url).start()
-    timer = threading.Timer(5.0, late.start)
-    timer.start()
+
+    def start_5_s_after_the_first_request() -> None:
+        while not proxy.seen:
+            time.sleep(0.05)
+        time.sleep(5.0)
+        late.start()
+
+    starter = threading.Thread(target=start_5_s_after_the_first_request, daemon=True)
+    starter.start()
     try:
         result = run_loader(env(proxy, tmp_path, LOADER_WAIT_SECONDS="30"))
     finally:
-        timer.join()
+        starter.join(timeout=30)
         late.stop()
         proxy.stop()
     assert_published(result, tmp_path, fault_data)
     assert "not answering yet" in result.stderr
+    assert sum(s.status == 502 for s in proxy.seen) >= 2
 
 
 def test_503_bursts_on_listing_and_downloads(

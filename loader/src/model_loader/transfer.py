@@ -325,6 +325,8 @@ def _check_status(response: requests.Response, job: Job) -> None:
     reason = f"HTTP {status} {response.reason or ''}".strip()
     if status in _RETRY_STATUS:
         raise _Retryable(reason)
+    if status == 416:
+        raise IntegrityError(f"{job.label}: {reason}: the object is shorter than listed")
     if status in (404, 410):
         raise ObjectNotFoundError(f"{job.label}: {reason} (removed after it was listed?)")
     if status in (401, 403):
