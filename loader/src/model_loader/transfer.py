@@ -103,17 +103,23 @@ class _Fetch:
             (start, min(start + slice_bytes, job.size)) for start in range(0, job.size, slice_bytes)
         ]
         self.done = [False] * len(self.slices)
-        self.frontier = 0  # every byte below this offset is written
+        # Each slice is written in order from its start: bytes [start, cursors[i]) are in.
+        self.cursors = [start for start, _ in self.slices]
+        self.first_missing = 0
         self.error: BaseException | None = None
         self.cond = threading.Condition()
+
+    def frontier(self) -> int:
+        """Every byte below this offset is written (read under `cond`)."""
+        while self.first_missing < len(self.done) and self.done[self.first_missing]:
+            self.first_missing += 1
+        if self.first_missing == len(self.done):
+            return self.job.size
+        return self.cursors[self.first_missing]
 
     def finish_slice(self, index: int) -> None:
         with self.cond:
             self.done[index] = True
-            first_missing = next((i for i, d in enumerate(self.done) if not d), len(self.done))
-            self.frontier = (
-                self.job.size if first_missing == len(self.done) else self.slices[first_missing][0]
-            )
             self.cond.notify_all()
 
     def fail(self, exc: BaseException) -> None:
@@ -178,13 +184,14 @@ class Downloader:
             hashed = 0
             while hashed < job.size:
                 with state.cond:
-                    while state.frontier <= hashed and state.error is None:
+                    # Follow the writers closely: the first unfinished slice's cursor
+                    # moves with every write, so poll it rather than wait for the slice.
+                    while (limit := state.frontier()) <= hashed and state.error is None:
                         if self._cancelled.is_set():
                             raise LoaderError(f"{job.label}: download cancelled")
-                        state.cond.wait(0.5)
+                        state.cond.wait(0.02)
                     if state.error is not None:
                         raise state.error
-                    limit = state.frontier
                 while hashed < limit:
                     chunk = os.pread(read_fd, min(_HASH_BUFFER, limit - hashed), hashed)
                     if not chunk:
@@ -193,6 +200,10 @@ class Downloader:
                     crc.update(chunk)
                     if md5 is not None:
                         md5.update(chunk)
+                    # Start writing these pages to disk now (the final fsync then has
+                    # little left) and let the kernel drop them once written: the page
+                    # cache a big model leaves counts against the pod's memory limit.
+                    os.posix_fadvise(read_fd, hashed, len(chunk), os.POSIX_FADV_DONTNEED)
                     hashed += len(chunk)
         finally:
             os.close(read_fd)
@@ -245,7 +256,7 @@ class Downloader:
                 return
             before = cursor[0]
             try:
-                self._get_range(state, cursor, end)
+                self._get_range(state, index, cursor, end)
             except _Retryable as exc:
                 if cursor[0] > before:
                     failures = 0  # it made progress: count from here
@@ -270,7 +281,7 @@ class Downloader:
                 )
                 self._cancelled.wait(delay)
 
-    def _get_range(self, state: _Fetch, cursor: list[int], end: int) -> None:
+    def _get_range(self, state: _Fetch, index: int, cursor: list[int], end: int) -> None:
         """GET bytes [cursor[0], end) into the file, advancing cursor[0] as they land."""
         job = state.job
         start = cursor[0]
@@ -303,6 +314,7 @@ class Downloader:
                 except OSError as exc:
                     raise _destination_error(job.dest, exc) from exc
                 cursor[0] += written
+                state.cursors[index] = cursor[0]
                 state.progress(written)
 
     @staticmethod
