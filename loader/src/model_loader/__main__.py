@@ -108,9 +108,17 @@ def _install_signal_handlers(timeout_seconds: float) -> None:
 
 
 def write_termination_message(path: str, message: str) -> None:
-    """Leave the reason where Kubernetes reads it (terminationMessagePath), if we can."""
-    directory = Path(path).parent
-    if not directory.is_dir() or not os.access(directory, os.W_OK):
+    """Leave the reason where Kubernetes reads it (terminationMessagePath), if we can.
+
+    The kubelet mounts that file (writable) into a /dev the container user cannot write
+    to: an existing writable file counts, as does a writable directory to create it in.
+    Elsewhere (a laptop, Compose) there is neither, and nothing is written.
+    """
+    target = Path(path)
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            return
+    elif not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
         return
     try:
         with open(path, "w", encoding="utf-8") as fh:
