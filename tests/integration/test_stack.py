@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -144,15 +144,35 @@ def test_unreachable_storage_exits_3_within_the_wait(tmp_path: Path) -> None:
 
 def test_loader_waits_for_an_emulator_that_starts_late(gcs_data: Path, tmp_path: Path) -> None:
     late = FakeGcs(url=f"http://127.0.0.1:{free_port()}", data=gcs_data)
-    timer = threading.Timer(2.0, late.start)
-    timer.start()
+    # Start the emulator 2 s after the loader began listing (not after a fixed delay:
+    # on a busy machine the loader's own start-up can take longer than that).
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_loader"],
+        env={
+            **os.environ,
+            **loader_env(late, tmp_path / "m", LOADER_WAIT_SECONDS="30"),
+            "LOADER_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = []
     try:
-        result = run_loader(loader_env(late, tmp_path, LOADER_WAIT_SECONDS="30"))
+        for line in process.stderr:
+            lines.append(line)
+            if "listing" in line:
+                time.sleep(2.0)
+                late.start()
+                break
+        lines.extend(process.stderr)
+        assert process.wait(timeout=60) == 0, "".join(lines)
     finally:
-        timer.join()
+        process.kill()
         late.stop()
-    assert result.returncode == 0, result.stderr
-    assert "not answering yet" in result.stderr
+    stderr = "".join(lines)
+    assert "not answering yet" in stderr
+    tmp_path = tmp_path / "m"
     assert (tmp_path / "current" / "model.onnx").is_file()
 
 
@@ -167,3 +187,31 @@ def test_api_refuses_to_start_without_a_model(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "cannot serve the model: no model.onnx in" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_off_gcp_without_credentials_fails_in_seconds_with_the_hint(tmp_path: Path) -> None:
+    # No emulator, no key file, no gcloud login (HOME is empty), no metadata server:
+    # KServe-style loaders wait minutes here; this one must say what to do, quickly.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
+    }
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "model_loader"],
+        env={
+            **env,
+            "MODEL_URI": V1_URI,
+            "MODEL_DIR": str(tmp_path / "m"),
+            "LOADER_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 5, result.stderr
+    assert time.monotonic() - started < 30
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json" in errors[0]

@@ -23,9 +23,10 @@ from tests.conftest import MODEL_V1
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MODEL_URI", "MODEL_DIR", "STORAGE_EMULATOR_HOST", "LOADER_REQUIRE_FILES"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOADER_TERMINATION_LOG", str(tmp_path / "termination-log"))
 
 
 def test_exit_codes_are_distinct_and_documented() -> None:
@@ -52,7 +53,7 @@ def test_exit_codes_are_distinct_and_documented() -> None:
 def test_success_returns_zero(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODEL_URI", MODEL_V1.as_uri() + "/")
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
-    assert run() == 0
+    assert run([]) == 0
     assert (tmp_path / "current" / "model.onnx").is_file()
 
 
@@ -78,7 +79,7 @@ def test_failures_print_one_line_and_exit_with_their_code(
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert run() == code
+    assert run([]) == code
     errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and message in errors[0], errors
     assert "Traceback" not in capsys.readouterr().err

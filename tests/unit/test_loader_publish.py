@@ -48,7 +48,7 @@ class FakeSource:
             for n, b in sorted(self.files.items())
         ]
 
-    def download(self, obj: RemoteObject, dest: Path) -> None:
+    def download(self, obj: RemoteObject, dest: Path, progress: object = None) -> None:
         self.downloads.append(obj.name)
         if obj.name == self.fail_on:
             dest.write_bytes(b"partial")

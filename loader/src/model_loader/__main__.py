@@ -1,22 +1,22 @@
-"""Entry point: settings -> logging -> load -> exit code.
+"""Entry point: arguments + settings -> logging -> load -> exit code (and its reason).
 
-Exit codes (also in README.md):
-  0 published, or already up to date     5 permission denied / no credentials
-  1 unexpected error (a bug)             6 integrity failure
-  2 bad configuration                    7 LOADER_TIMEOUT_SECONDS passed
-  3 storage unreachable                  8 MODEL_DIR not writable or too small
-  4 not found                            130/143 interrupted by SIGINT/SIGTERM
+Every flag mirrors an environment variable; a flag given wins over the variable.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from pydantic import ValidationError
 
+from model_loader import __version__
 from model_loader.config import LoaderSettings
 from model_loader.errors import ConfigError, Interrupted, LoaderError, LoaderTimeoutError
 from model_loader.logging import configure_logging
@@ -24,6 +24,64 @@ from model_loader.publish import load
 from model_loader.sources import open_source
 
 log = logging.getLogger("model_loader")
+
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+EPILOG = """\
+examples:
+  python -m model_loader --source gs://ml-models/iris_svc/v1/ --dest /models
+  python -m model_loader --source file:///mnt/models/iris_svc/v2/ --dest /tmp/models \\
+      --sha256 3f1c...e9 --timeout 300
+  MODEL_URI=gs://ml-models/iris_svc/v1/ python -m model_loader --dry-run
+
+exit codes (the reason is one line on stderr, and in LOADER_TERMINATION_LOG):
+  0    published, or already up to date
+  1    unexpected error (a bug: the line is followed by a traceback)
+  2    bad configuration or usage: MODEL_URI malformed or unsupported, invalid settings
+  3    storage unreachable within LOADER_WAIT_SECONDS, or retries exhausted
+  4    not found: bucket, prefix, object or a required file
+  5    permission denied, or no credentials (the line says how to provide them)
+  6    integrity failure: checksum, size or MODEL_SHA256 mismatch, unsafe object name
+  7    LOADER_TIMEOUT_SECONDS passed
+  8    MODEL_DIR not writable, too small or full
+  130  interrupted by SIGINT; 143 by SIGTERM; nothing published
+
+Every setting is also an environment variable (README.md, "Configuration").
+"""
+
+# flag -> environment variable it mirrors
+_FLAGS = {
+    "source": "MODEL_URI",
+    "dest": "MODEL_DIR",
+    "sha256": "MODEL_SHA256",
+    "timeout": "LOADER_TIMEOUT_SECONDS",
+    "concurrency": "LOADER_CONCURRENCY",
+    "log_format": "LOG_FORMAT",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_loader",
+        description="Copy a model version from object storage into MODEL_DIR, verified, "
+        "and publish it atomically (MODEL_DIR/current).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--source", metavar="URI", help="MODEL_URI: gs://, file:// or https://")
+    parser.add_argument("--dest", metavar="DIR", help="MODEL_DIR: where to publish")
+    parser.add_argument("--sha256", metavar="HEX", help="MODEL_SHA256: pin model.onnx's sha256")
+    parser.add_argument("--timeout", metavar="SECONDS", help="LOADER_TIMEOUT_SECONDS")
+    parser.add_argument("--concurrency", metavar="N", help="LOADER_CONCURRENCY")
+    parser.add_argument("--log-format", choices=("text", "json"), help="LOG_FORMAT")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be downloaded, check it, write nothing",
+    )
+    parser.add_argument("--version", action="version", version=f"model-loader {__version__}")
+    return parser
 
 
 def _settings_error(exc: ValidationError) -> ConfigError:
@@ -49,28 +107,68 @@ def _install_signal_handlers(timeout_seconds: float) -> None:
     signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
 
 
-def run() -> int:
+def write_termination_message(path: str, message: str) -> None:
+    """Leave the reason where Kubernetes reads it (terminationMessagePath), if we can.
+
+    The kubelet mounts that file (writable) into a /dev the container user cannot write
+    to: an existing writable file counts, as does a writable directory to create it in.
+    Elsewhere (a laptop, Compose) there is neither, and nothing is written.
+    """
+    target = Path(path)
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            return
+    elif not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+        return
     try:
-        settings = LoaderSettings()  # type: ignore[call-arg]  # fields come from the environment
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(message.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore"))
+    except OSError as exc:
+        log.debug("cannot write the termination message to %s: %s", path, exc)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        env: getattr(args, flag) for flag, env in _FLAGS.items() if getattr(args, flag) is not None
+    }
+    termination_log = os.environ.get("LOADER_TERMINATION_LOG", "/dev/termination-log")
+    try:
+        settings = LoaderSettings(**overrides)
     except ValidationError as exc:
         configure_logging("INFO", "text")
         error = _settings_error(exc)
-        log.error("%s: %s", error.kind, error.message)
+        log.error("%s: %s", error.kind, error.message, extra={"exit_code": error.exit_code})
+        write_termination_message(
+            termination_log, f"exit {error.exit_code}: {error.kind}: {error.message}"
+        )
         return error.exit_code
 
     configure_logging(settings.log_level, settings.log_format)
     try:
         _install_signal_handlers(settings.timeout_seconds)
-        result = load(settings, open_source(settings))
+        source = open_source(settings)
+        try:
+            result = load(settings, source, dry_run=args.dry_run)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
     except LoaderError as exc:
         log.error("%s: %s", exc.kind, exc.message, extra={"exit_code": exc.exit_code})
+        write_termination_message(
+            settings.termination_log, f"exit {exc.exit_code}: {exc.kind}: {exc.message}"
+        )
         return exc.exit_code
-    except Exception:
+    except Exception as exc:
         log.exception("unexpected error (a bug in model-loader; please report it)")
+        write_termination_message(settings.termination_log, f"exit 1: unexpected error: {exc!r}")
         return 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     log.info("%s: %s", result.status, result.path)
+    if not args.dry_run:
+        write_termination_message(settings.termination_log, f"exit 0: {result.status}")
     return 0
 
 

@@ -28,9 +28,26 @@ class LoaderSettings(BaseSettings):
     wait_seconds: float = Field(default=60.0, gt=0, validation_alias="LOADER_WAIT_SECONDS")
     # Overall deadline for the whole run.
     timeout_seconds: float = Field(default=600.0, gt=0, validation_alias="LOADER_TIMEOUT_SECONDS")
-    # Per-request (connect, read) timeout towards storage.
+    # Read timeout of one storage request: no byte for this long is a stall, and the
+    # range is retried from where it stopped.
     request_timeout_seconds: float = Field(
         default=30.0, gt=0, validation_alias="LOADER_REQUEST_TIMEOUT_SECONDS"
+    )
+    # Attempts per range (or request) on connection errors, stalls and 408/429/5xx.
+    retries: int = Field(default=5, ge=1, le=100, validation_alias="LOADER_RETRIES")
+    # Range requests in flight at once, over all objects (objects download in parallel).
+    concurrency: int = Field(default=8, ge=1, le=64, validation_alias="LOADER_CONCURRENCY")
+    # Objects larger than this are fetched as concurrent ranges of this size.
+    slice_mib: int = Field(default=32, ge=1, le=1024, validation_alias="LOADER_SLICE_MIB")
+    # One progress line every this many seconds while downloading.
+    progress_seconds: float = Field(default=5.0, gt=0, validation_alias="LOADER_PROGRESS_SECONDS")
+    # Optional pin: the sha256 (hex) that model.onnx must have, or nothing is published.
+    model_sha256: str | None = Field(
+        default=None, pattern="^[0-9a-fA-F]{64}$", validation_alias="MODEL_SHA256"
+    )
+    # Kubernetes shows this file's content as the container's termination message.
+    termination_log: str = Field(
+        default="/dev/termination-log", validation_alias="LOADER_TERMINATION_LOG"
     )
     # gs:// only: use no credentials at all (public buckets).
     gcs_anonymous: bool = Field(default=False, validation_alias="LOADER_GCS_ANONYMOUS")
@@ -45,6 +62,11 @@ class LoaderSettings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("model_sha256", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("model_uri")
     @classmethod

@@ -2,12 +2,13 @@
 
     LoaderError (1: unexpected)
     ├── ConfigError (2)             MODEL_URI malformed, unknown scheme, bad settings
-    ├── SourceUnavailableError (3)  storage not reachable within LOADER_WAIT_SECONDS
-    ├── ObjectNotFoundError (4)     bucket, prefix or a required file is missing
+    ├── SourceUnavailableError (3)  storage not reachable within LOADER_WAIT_SECONDS,
+    │                               or a range's LOADER_RETRIES exhausted
+    ├── ObjectNotFoundError (4)     bucket, prefix, object or a required file is missing
     ├── PermissionDeniedError (5)   401/403, or no credentials to ask with
-    ├── IntegrityError (6)          checksum or size mismatch, unsafe object name
+    ├── IntegrityError (6)          checksum, size or MODEL_SHA256 mismatch, unsafe name
     ├── LoaderTimeoutError (7)      LOADER_TIMEOUT_SECONDS passed
-    ├── DestinationError (8)        MODEL_DIR not writable, or too small
+    ├── DestinationError (8)        MODEL_DIR not writable, too small, or full
     └── Interrupted (130/143)       SIGINT / SIGTERM; nothing published
 
 Only `__main__` catches them: it prints one line and exits with `exit_code`.

@@ -15,14 +15,15 @@ into versions/ and only then `current` is replaced by a symlink rename.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -31,8 +32,15 @@ from urllib.parse import urlsplit
 
 from model_loader import __version__
 from model_loader.config import LoaderSettings
-from model_loader.errors import DestinationError, IntegrityError, ObjectNotFoundError
+from model_loader.errors import (
+    ConfigError,
+    DestinationError,
+    IntegrityError,
+    ObjectNotFoundError,
+)
+from model_loader.progress import Progress
 from model_loader.sources.base import RemoteObject, Source
+from model_loader.transfer import DESTINATION_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +52,22 @@ MANIFEST_FORMAT = 1
 # Keep this much free beyond the model itself: the manifest, filesystem overhead.
 FREE_SPACE_MARGIN_BYTES = 1 << 20
 _CHUNK = 1 << 20
-# Write failures that are the volume's fault, not the source's.
-_DESTINATION_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# The file MODEL_SHA256 pins, when the version has it (else its only object).
+PINNED_FILE = "model.onnx"
 
 
 @dataclass(frozen=True)
 class LoadResult:
-    status: str  # "published" | "up-to-date"
+    status: str  # "published" | "up-to-date" | "dry run"
     path: Path
     manifest: dict[str, Any]
 
 
-def load(settings: LoaderSettings, source: Source) -> LoadResult:
+def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> LoadResult:
+    """Publish the source's version in MODEL_DIR. `dry_run`: list, check, touch nothing."""
     model_dir = Path(settings.model_dir)
-    _prepare(model_dir)
+    if not dry_run:
+        _prepare(model_dir)
     started = time.monotonic()
 
     log.info("listing %s", source.uri)
@@ -65,19 +75,36 @@ def load(settings: LoaderSettings, source: Source) -> LoadResult:
     _check_names(source.uri, objects)
     _check_required(source.uri, objects, settings.require_files)
     name, version = _identity(settings, source.uri, objects)
+    pinned = _pinned_name(settings, source.uri, objects)
 
     current = read_manifest(model_dir / CURRENT)
-    if current is not None and _same(current, source.uri, name, version, objects):
+    if (
+        current is not None
+        and _same(current, source.uri, name, version, objects)
+        and _pin_holds(current, pinned, settings.model_sha256)
+    ):
         log.info("up to date: %s %s from %s is already published", name, version, source.uri)
         return LoadResult("up-to-date", (model_dir / CURRENT).resolve(), current)
 
     total = sum(o.size for o in objects)
+    if dry_run:
+        for obj in objects:
+            log.info("would download %s (%d bytes) -> %s", obj.uri, obj.size, obj.name)
+        log.info("would publish %s %s: %d files, %d bytes", name, version, len(objects), total)
+        return LoadResult("dry run", model_dir / CURRENT, {})
     _check_space(model_dir, total)
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
     try:
         staging.chmod(0o755)
-        entries = [_fetch(source, obj, staging) for obj in objects]
+        entries = _download_all(source, objects, staging, settings)
+        if pinned is not None and settings.model_sha256 is not None:
+            got = next(e["sha256"] for e in entries if e["name"] == pinned)
+            if got != settings.model_sha256.lower():
+                raise IntegrityError(
+                    f"{source.uri}{pinned if source.uri.endswith('/') else ''}: sha256 is {got}, "
+                    f"MODEL_SHA256 pins {settings.model_sha256.lower()}; nothing was published"
+                )
         manifest = {
             "format": MANIFEST_FORMAT,
             "model_name": name,
@@ -92,17 +119,21 @@ def load(settings: LoaderSettings, source: Source) -> LoadResult:
         _fsync_dir(staging)
         target = _commit(model_dir, staging, name, version)
     except BaseException:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
     _prune(model_dir, keep=target.name)
     log.info(
-        "published %s %s (%d files, %d bytes) in %.2f s -> %s",
+        "published %s %s (%d files, %d bytes) in %.2f s (%.1f MB/s) -> %s",
         name,
         version,
         len(objects),
         total,
-        time.monotonic() - started,
+        elapsed := time.monotonic() - started,
+        total / max(elapsed, 1e-9) / 1e6,
         model_dir / CURRENT,
     )
     return LoadResult("published", target, manifest)
@@ -198,21 +229,93 @@ def _check_space(model_dir: Path, needed: int) -> None:
         )
 
 
-def _fetch(source: Source, obj: RemoteObject, staging: Path) -> dict[str, Any]:
+def _pinned_name(settings: LoaderSettings, uri: str, objects: list[RemoteObject]) -> str | None:
+    if settings.model_sha256 is None:
+        return None
+    names = {o.name for o in objects}
+    if PINNED_FILE in names:
+        return PINNED_FILE
+    if len(objects) == 1:
+        return objects[0].name
+    raise ConfigError(
+        f"MODEL_SHA256 pins {PINNED_FILE}, and {uri} has no {PINNED_FILE} "
+        f"(found: {', '.join(sorted(names))})"
+    )
+
+
+def _pin_holds(manifest: dict[str, Any], pinned: str | None, sha256: str | None) -> bool:
+    if pinned is None or sha256 is None:
+        return True
+    recorded = {e.get("name"): e.get("sha256") for e in manifest.get("objects", [])}
+    return recorded.get(pinned) == sha256.lower()
+
+
+def _download_all(
+    source: Source, objects: list[RemoteObject], staging: Path, settings: LoaderSettings
+) -> list[dict[str, Any]]:
+    """Fetch every object, several at once; log progress at a steady cadence."""
+    progress = Progress(sum(o.size for o in objects))
+    pending = list(objects)
+    entries: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                if not pending:
+                    return
+                obj = pending.pop(0)
+            try:
+                entry = _fetch(source, obj, staging, progress.add)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                stop.set()
+                return
+            with lock:
+                entries[obj.name] = entry
+
+    # Daemon threads: a failure or a signal in the main thread never waits for them.
+    threads = [
+        threading.Thread(target=work, name=f"object-{i}", daemon=True)
+        for i in range(min(settings.concurrency, len(objects)))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        next_report = time.monotonic() + settings.progress_seconds
+        while not stop.is_set() and (alive := [t for t in threads if t.is_alive()]):
+            alive[0].join(timeout=0.2)  # interruptible: SIGALRM/SIGTERM raise here
+            if time.monotonic() >= next_report:
+                log.info("progress: %s", progress.line())
+                next_report += settings.progress_seconds
+    finally:
+        stop.set()
+    if errors:
+        raise errors[0]
+    log.info("downloaded %s", progress.line())
+    return [entries[o.name] for o in objects]
+
+
+def _fetch(
+    source: Source, obj: RemoteObject, staging: Path, progress: Callable[[int], None]
+) -> dict[str, Any]:
     dest = staging / obj.name
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     log.info("downloading %s (%d bytes)", obj.uri, obj.size)
     try:
-        source.download(obj, dest)
+        sha256 = source.download(obj, dest, progress)
     except OSError as exc:
-        if exc.errno in _DESTINATION_ERRNOS:
+        if exc.errno in DESTINATION_ERRNOS:
             raise DestinationError(f"writing {dest}: {exc.strerror}") from exc
         raise
     try:
         size = dest.stat().st_size
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if sha256 is None else None
         with open(dest, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
+            while digest is not None and (chunk := fh.read(_CHUNK)):
                 digest.update(chunk)
             os.fsync(fh.fileno())
         dest.chmod(0o644)
@@ -220,7 +323,7 @@ def _fetch(source: Source, obj: RemoteObject, staging: Path) -> dict[str, Any]:
         raise DestinationError(f"writing {dest}: {exc.strerror or exc}") from exc
     if size != obj.size:
         raise IntegrityError(f"{obj.uri}: got {size} bytes, storage lists {obj.size}")
-    return {**asdict(obj), "sha256": digest.hexdigest()}
+    return {**asdict(obj), "sha256": sha256 if digest is None else digest.hexdigest()}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

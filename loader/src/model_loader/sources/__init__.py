@@ -10,10 +10,13 @@ from model_loader.errors import ConfigError
 from model_loader.sources.base import RemoteObject, Source
 from model_loader.sources.file import FileSource
 from model_loader.sources.gcs import GcsSource
+from model_loader.sources.http import HttpSource
 
 SOURCES: dict[str, Callable[[str, LoaderSettings], Source]] = {
     "gs": GcsSource,
     "file": FileSource,
+    "https": HttpSource,
+    "http": HttpSource,  # plain HTTP: an in-cluster mirror, tests
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,13 @@ class Source(Protocol):
         """All objects of the version; raise ObjectNotFoundError when there are none."""
         ...
 
-    def download(self, obj: RemoteObject, dest: Path) -> None:
-        """Write `obj` to `dest` (whose parent exists), verified."""
+    def download(
+        self, obj: RemoteObject, dest: Path, progress: Callable[[int], None]
+    ) -> str | None:
+        """Write `obj` to `dest` (whose parent exists), verified; call `progress(n)` as
+        bytes arrive. Return its sha256 (hex) if computed on the way, else None.
+
+        Several objects may be downloaded at once, from different threads. A source
+        that holds connections or threads may also offer `close()`, called on failure.
+        """
         ...

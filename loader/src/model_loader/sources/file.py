@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 from model_loader.config import LoaderSettings
 from model_loader.errors import ConfigError, ObjectNotFoundError, PermissionDeniedError
 from model_loader.sources.base import RemoteObject
+from model_loader.transfer import Progress
 
 
 class FileSource:
@@ -38,7 +39,7 @@ class FileSource:
             name=name, uri=path.as_uri(), size=stat.st_size, generation=str(stat.st_mtime_ns)
         )
 
-    def download(self, obj: RemoteObject, dest: Path) -> None:
+    def download(self, obj: RemoteObject, dest: Path, progress: Progress) -> str | None:
         src = self.root if self.root.is_file() else self.root / obj.name
         try:
             shutil.copyfile(src, dest)
@@ -46,3 +47,5 @@ class FileSource:
             raise ObjectNotFoundError(f"{obj.uri}: vanished while loading") from exc
         except PermissionError as exc:
             raise PermissionDeniedError(f"{obj.uri}: {exc.strerror}") from exc
+        progress(obj.size)
+        return None  # no transport checksum to verify; the loader hashes the copy

@@ -1,0 +1,166 @@
+"""A small fault-injecting HTTP proxy to put between the loader and fake-gcs-server.
+
+It forwards every request to the upstream and, for requests whose path and query
+contain `Fault.match`, misbehaves the way storage does in production: status bursts,
+connection resets mid-body, stalls, flipped bytes. It records every request it sees,
+so tests can count what the loader actually downloaded.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+MEDIA = "alt=media"  # object downloads (listing and metadata requests do not carry it)
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+_PIECE = 64 * 1024
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the faults break connections on purpose
+
+
+@dataclass
+class Fault:
+    match: str = MEDIA
+    times: int = 1  # how many matching requests misbehave (then it passes through)
+    status: int | None = None  # answer this instead of forwarding
+    reset_after: int | None = None  # send this many body bytes, then a TCP reset
+    stall_after: int | None = None  # send this many body bytes, then go silent...
+    stall_seconds: float = 0.0  # ...for this long, then close
+    corrupt: bool = False  # flip one byte in the middle of the body
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    range: str | None
+    status: int
+
+
+@dataclass
+class FaultProxy:
+    upstream: str  # http://127.0.0.1:PORT
+    faults: list[Fault] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)
+    url: str = ""
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> FaultProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy._handle(self)
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def media_requests(self) -> list[Seen]:
+        with self._lock:
+            return [s for s in self.seen if MEDIA in s.path]
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.times > 0 and fault.match in path:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def _record(self, handler: BaseHTTPRequestHandler, status: int) -> None:
+        with self._lock:
+            self.seen.append(
+                Seen(handler.command, handler.path, handler.headers.get("Range"), status)
+            )
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        fault = self._take_fault(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        if fault is not None and fault.status is not None:
+            self._record(handler, fault.status)
+            payload = f'{{"error": {{"code": {fault.status}, "message": "injected"}}}}'.encode()
+            handler.send_response(fault.status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        target = urlsplit(self.upstream)
+        try:
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
+            conn.request(handler.command, handler.path, body=body, headers=headers)
+            upstream = conn.getresponse()
+            data = upstream.read()
+            conn.close()
+        except OSError:
+            # Upstream down (not started yet): what a load balancer in front would say.
+            self._record(handler, 502)
+            handler.send_response(502)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        self._record(handler, upstream.status)
+        handler.send_response(upstream.status)
+        for key, value in upstream.getheaders():
+            if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
+                handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if fault is not None and fault.corrupt and data:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+        cut = None
+        if fault is not None:
+            cut = fault.reset_after if fault.reset_after is not None else fault.stall_after
+        sent = 0
+        try:
+            while sent < len(data):
+                if cut is not None and sent >= cut:
+                    break
+                end = min(len(data), sent + _PIECE, cut if cut is not None else len(data))
+                handler.wfile.write(data[sent:end])
+                sent = end
+            if cut is None or sent >= len(data):
+                return
+            handler.wfile.flush()
+            assert fault is not None
+            if fault.reset_after is not None:
+                time.sleep(0.3)  # let the client read what was sent: a reset drops unread data
+                # SO_LINGER 0: close() sends RST, as a dropped connection does.
+                handler.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            else:
+                time.sleep(fault.stall_seconds)
+            handler.close_connection = True
+            handler.connection.close()
+        except OSError:
+            handler.close_connection = True
