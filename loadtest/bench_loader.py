@@ -93,8 +93,7 @@ def machine() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM; {platform.platform()}; "
         f"Python {platform.python_version()}; {curl.splitlines()[0].split(' (')[0]}; "
-        f"fake-gcs-server v1.54.0 (memory backend) on 127.0.0.1; load average at start {load}; "
-        "shared with other work while it ran"
+        f"fake-gcs-server v1.54.0 (memory backend) on 127.0.0.1; load average at start {load}"
     )
 
 
