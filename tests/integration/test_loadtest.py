@@ -20,27 +20,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.integration.conftest import BUCKET, ApiServer, FakeGcs, StartApi, run_loader
-
-
-@pytest.fixture(scope="module")
-def published(fake_gcs: FakeGcs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model_dir = tmp_path_factory.mktemp("models")
-    result = run_loader(
-        {
-            "STORAGE_EMULATOR_HOST": fake_gcs.url,
-            "MODEL_URI": f"gs://{BUCKET}/iris_svc/v1/",
-            "MODEL_DIR": str(model_dir),
-            "LOADER_WAIT_SECONDS": "5",
-        }
-    )
-    assert result.returncode == 0, result.stderr
-    return model_dir
+from tests.integration.conftest import ApiServer, StartApi
 
 
 @pytest.fixture
-def api(published: Path, start_api: StartApi) -> ApiServer:
-    return start_api(published)
+def api(loaded_model_dir: Path, start_api: StartApi) -> ApiServer:
+    return start_api(loaded_model_dir)
 
 
 def make(target: str, results: Path, **variables: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from tests.conftest import SETOSA, VIRGINICA, free_port
 from tests.integration.conftest import BUCKET, FakeGcs, StartApi, run_loader
@@ -35,16 +34,8 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line]
 
 
-@pytest.fixture(scope="module")
-def published(fake_gcs: FakeGcs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model_dir = tmp_path_factory.mktemp("models")
-    result = run_loader(loader_env(fake_gcs, model_dir))
-    assert result.returncode == 0, result.stderr
-    return model_dir
-
-
-def test_loader_publishes_the_bucket_prefix_with_its_checksums(published: Path) -> None:
-    current = published / "current"
+def test_loader_publishes_the_bucket_prefix_with_its_checksums(loaded_model_dir: Path) -> None:
+    current = loaded_model_dir / "current"
     manifest = json.loads((current / "manifest.json").read_text())
     assert manifest["source_uri"] == V1_URI
     by_name = {o["name"]: o for o in manifest["objects"]}
@@ -54,8 +45,8 @@ def test_loader_publishes_the_bucket_prefix_with_its_checksums(published: Path) 
     assert model["crc32c"] and model["md5"] and model["generation"]
 
 
-def test_seed_curl_examples(published: Path, start_api: StartApi) -> None:
-    api = start_api(published)
+def test_seed_curl_examples(loaded_model_dir: Path, start_api: StartApi) -> None:
+    api = start_api(loaded_model_dir)
     assert httpx.get(f"{api.url}/health").json() == {"health": "ok"}
     setosa = httpx.post(f"{api.url}/predict", json={"data": [SETOSA]}).json()["prediction"]
     virginica = httpx.post(f"{api.url}/predict", json={"data": [VIRGINICA]}).json()["prediction"]
@@ -66,19 +57,19 @@ def test_seed_curl_examples(published: Path, start_api: StartApi) -> None:
 
 
 def test_all_150_iris_rows_agree_with_sklearn(
-    published: Path,
+    loaded_model_dir: Path,
     start_api: StartApi,
     iris_rows: np.ndarray,
     sklearn_proba: np.ndarray,
 ) -> None:
-    api = start_api(published)
+    api = start_api(loaded_model_dir)
     response = httpx.post(f"{api.url}/predict", json={"data": iris_rows.tolist()})
     assert response.status_code == 200
     np.testing.assert_allclose(np.array(response.json()["prediction"]), sklearn_proba, atol=1e-5)
 
 
-def test_bad_inputs_are_4xx(published: Path, start_api: StartApi) -> None:
-    api = start_api(published)
+def test_bad_inputs_are_4xx(loaded_model_dir: Path, start_api: StartApi) -> None:
+    api = start_api(loaded_model_dir)
     for body in ('{"data": [[1, 2, 3]]}', '{"data": [[NaN, 1, 2, 3]]}', '{"data": []}', "{oops"):
         response = httpx.post(
             f"{api.url}/predict", content=body, headers={"Content-Type": "application/json"}
@@ -87,12 +78,12 @@ def test_bad_inputs_are_4xx(published: Path, start_api: StartApi) -> None:
         assert response.json()["error"]
 
 
-def test_second_run_is_up_to_date(fake_gcs: FakeGcs, published: Path) -> None:
-    before = (published / "current").resolve()
-    result = run_loader(loader_env(fake_gcs, published))
+def test_second_run_is_up_to_date(fake_gcs: FakeGcs, loaded_model_dir: Path) -> None:
+    before = (loaded_model_dir / "current").resolve()
+    result = run_loader(loader_env(fake_gcs, loaded_model_dir))
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stderr
-    assert (published / "current").resolve() == before
+    assert (loaded_model_dir / "current").resolve() == before
 
 
 def test_missing_prefix_exits_4_and_publishes_nothing(fake_gcs: FakeGcs, tmp_path: Path) -> None:
