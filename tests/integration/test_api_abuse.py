@@ -212,6 +212,7 @@ def test_unknown_paths_are_404(api: ApiServer, path: str) -> None:
 
 
 # -- slow clients ------------------------------------------------------------------------
+RESET = b"(reset)"
 SLOW_HEADERS = b"POST /predict HTTP/1.1\r\nHost: api\r\nX-Slow: " + b"a" * 1000
 
 
@@ -238,7 +239,7 @@ def slowloris(server: ApiServer, count: int, seconds: float, body: bool = False)
                 try:
                     sock.sendall(SLOW_HEADERS[position : position + 1] if not body else b"[")
                 except OSError:
-                    closed[i] = read_all(sock) or b"(reset)"
+                    closed[i] = read_all(sock) or RESET
             position += 1
             time.sleep(1)
         for i, sock in enumerate(sockets):
@@ -263,7 +264,9 @@ def test_slowloris_headers_get_408_and_are_closed(
     held = sum(1 for a in answers if not a)
     print(f"\nslowloris, headers: {held} of 50 connections still held after 5 s")
     assert held == 0
-    assert all(status_of(a) == 408 for a in answers), {a[:40] for a in answers}
+    # 408 then closed; a client whose next byte raced the close may see only the reset.
+    assert all(a == RESET or status_of(a) == 408 for a in answers), {a[:40] for a in answers}
+    assert answers.count(RESET) < len(answers)
     assert time.monotonic() - started < 10
     # Meanwhile and afterwards, ordinary clients are served.
     assert httpx.post(f"{server.url}/predict", json={"data": [SETOSA]}).status_code == 200
@@ -274,8 +277,9 @@ def test_slowloris_bodies_get_408_and_are_closed(
 ) -> None:
     server = start_api(loaded_model_dir, API_BODY_TIMEOUT_SECONDS="2", LOG_LEVEL="WARNING")
     answers = slowloris(server, count=20, seconds=5, body=True)
-    assert all(a and status_of(a) == 408 for a in answers), {a[:40] for a in answers}
-    assert all(b"API_BODY_TIMEOUT_SECONDS=2" in a for a in answers)
+    assert all(a == RESET or status_of(a) == 408 for a in answers), {a[:40] for a in answers}
+    assert all(b"API_BODY_TIMEOUT_SECONDS=2" in a for a in answers if a != RESET)
+    assert answers.count(RESET) < len(answers)
     assert httpx.post(f"{server.url}/predict", json={"data": [SETOSA]}).status_code == 200
 
 
