@@ -27,8 +27,11 @@ def address(server: ApiServer) -> tuple[str, int]:
 def raw_request(server: ApiServer, data: bytes, timeout: float = 10) -> bytes:
     """Send bytes as they are; return everything the server answers until it closes."""
     with socket.create_connection(address(server), timeout=timeout) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # answered and closed before it all went out (413): read the answer
         return read_all(sock)
 
 
