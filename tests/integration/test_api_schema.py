@@ -5,8 +5,10 @@ Every response must also match the schema: its status code is documented, its co
 type, headers and body are the documented ones.
 
 Examples per operation: SCHEMA_EXAMPLES (default 500, what CI runs; about a minute on
-the 2-core CI machine). Hypothesis stops early on an operation whose inputs it has
-exhausted (GET /health has none); the module prints how many requests were sent.
+the 2-core CI machine; measured 25-58 s there). Every operation that takes input gets
+at least that many (measured: 501-531 each, 4214 requests in all); Hypothesis stops
+early on one whose inputs it has exhausted (GET /health has none), and schemathesis
+also tries each path with undocumented methods. Run with -s to see the counts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tests.integration.conftest import ApiServer, launch_api, stop_api
 SERVED = {"name": "iris_svc", "version": "v1"}
 EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "500"))
 SENT: Counter[str] = Counter()  # status class -> requests sent
+PER_OPERATION: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,9 @@ def schema_api(loaded_model_dir: Path) -> Iterator[ApiServer]:
     stop_api(server)
     total = sum(SENT.values())
     print(f"\nschemathesis: {total} requests, by status class {dict(sorted(SENT.items()))}")
+    for operation, count in sorted(PER_OPERATION.items()):
+        if count > 3:  # the rest: operations without inputs, and undocumented methods
+            print(f"  {count:5d}  {operation}")
 
 
 # The schema the server publishes at /openapi.json, built in process (no model needed).
@@ -66,6 +72,7 @@ def test_no_input_gets_a_server_error(case: schemathesis.Case, schema_api: ApiSe
         case.path_parameters.update({k: v for k, v in SERVED.items() if k in case.path_parameters})
     response = case.call(base_url=schema_api.url)
     SENT[f"{response.status_code // 100}xx"] += 1
+    PER_OPERATION[f"{case.method} {case.path}"] += 1
     case.validate_response(
         response,
         checks=[
