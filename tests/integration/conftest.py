@@ -129,6 +129,7 @@ def launch_api(model_dir: Path, wait_path: str = "/ready", **env: str) -> ApiSer
             "API_HOST": "127.0.0.1",
             "API_PORT": str(port),
             "API_WORKERS": "1",
+            "API_DRAIN_SECONDS": "0",  # stop_api need not wait; test_api_abuse tests the drain
             **env,
         },
         stdout=subprocess.PIPE,

@@ -15,11 +15,13 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
 from model_api.config import ApiSettings
 from model_api.errors import ModelError
 from model_api.logging import configure_logging
 from model_api.main import EXIT_MODEL, create_app, load_model
+from model_api.protocol import guarded_protocol
 
 log = logging.getLogger("model_api")
 
@@ -40,6 +42,9 @@ def main() -> None:
         "log_config": None,
         "access_log": False,  # model_api.access writes them, with the request id
         "timeout_keep_alive": settings.keep_alive_seconds,
+        # httptools' protocol plus a header read timeout and a gentler shutdown.
+        "http": guarded_protocol(settings.header_timeout_seconds),
+        "limit_concurrency": settings.limit_concurrency or None,
         "timeout_graceful_shutdown": 20,
         "server_header": False,
     }
@@ -64,7 +69,24 @@ def main() -> None:
         )
         sys.exit(2)
     log.info("starting %d workers", settings.workers)
-    uvicorn.run("model_api.main:app_from_env", factory=True, workers=settings.workers, **common)
+    # What uvicorn.run does for workers > 1, with the supervisor below.
+    config = uvicorn.Config(
+        "model_api.main:app_from_env", factory=True, workers=settings.workers, **common
+    )
+    Supervisor(config, sockets=[config.bind_socket()]).run()
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, except that on SIGTERM it closes its own copy of the
+    listening socket before it signals the workers. Else the socket outlives the workers'
+    listeners (their drain and shutdown) until this process exits: connections the kernel
+    accepts meanwhile wait in the backlog for nobody and are reset at the end. Closed
+    here, the port closes when the last worker stops listening."""
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
 
 
 def _metrics_dir() -> None:

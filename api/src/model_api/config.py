@@ -52,6 +52,22 @@ class ApiSettings(BaseSettings):
     # Idle keep-alive connections are closed after this many seconds.
     keep_alive_seconds: int = Field(default=5, ge=1, validation_alias="API_KEEP_ALIVE_SECONDS")
 
+    # Request headers must be complete this long after the connection opened (or after the
+    # request's first byte on a keep-alive connection): else 408 and closed (slowloris).
+    header_timeout_seconds: float = Field(
+        default=10, gt=0, validation_alias="API_HEADER_TIMEOUT_SECONDS"
+    )
+    # The whole request body must have arrived this long after the headers: else 408.
+    body_timeout_seconds: float = Field(
+        default=30, gt=0, validation_alias="API_BODY_TIMEOUT_SECONDS"
+    )
+    # Open connections + running requests per worker; beyond it uvicorn answers 503
+    # at once instead of queueing without bound. 0: no limit.
+    limit_concurrency: int = Field(default=1024, ge=0, validation_alias="API_LIMIT_CONCURRENCY")
+    # On SIGTERM: /ready answers 503 but the server keeps serving this long, then closes
+    # its listener and finishes in-flight requests. 0: close at once (uvicorn's default).
+    drain_seconds: float = Field(default=3, ge=0, validation_alias="API_DRAIN_SECONDS")
+
     # Rows per request; larger batches get 422 (400 on V2) instead of tying up a worker.
     max_batch_size: int = Field(default=1024, ge=1, validation_alias="MAX_BATCH_SIZE")
     # Request bodies larger than this get 413 before they are read whole.

@@ -40,6 +40,8 @@ class ModelInvalidError(ModelError):
 
 class ApiError(Exception):
     status_code = 500
+    # The request's body was not read to the end: the connection cannot be reused.
+    close_connection = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -54,8 +56,14 @@ class NotFoundError(ApiError):
     status_code = 404
 
 
+class RequestTimeoutError(ApiError):
+    status_code = 408
+    close_connection = True
+
+
 class PayloadTooLargeError(ApiError):
     status_code = 413
+    close_connection = True  # the rest of the body is not read
 
 
 class UnsupportedMediaError(ApiError):
@@ -109,7 +117,8 @@ def translate_validation_error(exc: RequestValidationError) -> ApiError:
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    headers = {"connection": "close"} if exc.close_connection else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

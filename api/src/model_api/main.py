@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from model_api import __version__
 from model_api.config import ApiSettings
+from model_api.drain import Drain
 from model_api.errors import ModelError, ModelMissingError, install_error_handlers
 from model_api.logging import configure_logging
 from model_api.metrics import Metrics
@@ -59,6 +60,7 @@ def create_app(
     it from `settings.model_dir` in the background. Either way the app reports ready only
     after a warm-up inference succeeded."""
     app_metrics = Metrics()
+    drain = Drain(settings.drain_seconds)
     fast_routes: FastRoutes = {
         ("POST", "/predict"): FastRoute(seed.predict, "/predict"),
         ("POST", "/predict/label"): FastRoute(seed.predict_label, "/predict/label"),
@@ -86,12 +88,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
+        undo_drain = drain.chain_sigterm(asyncio.get_running_loop())
         if model is not None:
             model.warmup()
             serve(app, model)
         else:
             task = asyncio.create_task(load_in_background(app))
         yield
+        undo_drain()
         app.state.model = None
         if task is not None and not task.done():
             task.cancel()
@@ -108,6 +112,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.drain = drain
     app.state.model = None
     app.state.load_error = None
     app.state.metrics = app_metrics
@@ -117,6 +122,7 @@ def create_app(
         RequestMiddleware,
         metrics=app_metrics,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout_seconds,
         fast_routes=fast_routes,
         access_log=settings.access_log,
     )

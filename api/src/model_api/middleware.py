@@ -9,6 +9,7 @@ answers, goes through FastAPI, and OpenAPI describes the same endpoints.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model_api.errors import ApiError, PayloadTooLargeError, error_response
+from model_api.errors import ApiError, PayloadTooLargeError, RequestTimeoutError, error_response
 from model_api.logging import request_id
 from model_api.metrics import Metrics
 
@@ -57,6 +58,7 @@ class RequestMiddleware:
         max_body_bytes: int,
         fast_routes: FastRoutes,
         access_log: bool = True,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.access_log = access_log
@@ -68,6 +70,7 @@ class RequestMiddleware:
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.fast_routes = fast_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,13 +117,20 @@ class RequestMiddleware:
             request_id.reset(token)
 
     def _counting(self, receive: Receive) -> Receive:
-        """A receive that refuses to pass on more than MAX_BODY_BYTES of a streamed body."""
+        """A receive that refuses to pass on more than MAX_BODY_BYTES of a streamed body,
+        or to wait for it longer than API_BODY_TIMEOUT_SECONDS after the headers."""
         limit = self.max_body_bytes
         seen = 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def counting_receive() -> Message:
             nonlocal seen
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                seconds = f"API_BODY_TIMEOUT_SECONDS={self.body_timeout:g}"
+                raise RequestTimeoutError(f"request body not received within {seconds}") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:

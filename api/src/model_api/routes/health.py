@@ -1,4 +1,5 @@
-"""Liveness and readiness. Live while the process runs; ready once the model is warm."""
+"""Liveness and readiness. Live while the process runs; ready once the model is warm,
+and no longer once SIGTERM started the drain (model_api.drain)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ async def health() -> HealthResponse:
 @router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def ready(request: Request) -> JSONResponse:
     model = request.app.state.model
-    if model is None:
+    if model is None or request.app.state.drain.draining:
         return JSONResponse(ReadyResponse(ready=False).model_dump(), status_code=503)
     body = ReadyResponse(ready=True, model_name=model.name, model_version=model.version)
     return JSONResponse(body.model_dump())
@@ -32,5 +33,5 @@ async def v2_live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready")
 async def v2_ready(request: Request) -> JSONResponse:
-    is_ready = request.app.state.model is not None
+    is_ready = request.app.state.model is not None and not request.app.state.drain.draining
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)

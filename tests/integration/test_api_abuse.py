@@ -1,0 +1,372 @@
+"""Hostile and careless clients against a real uvicorn process (`python -m model_api`),
+over raw sockets where an HTTP library would refuse to misbehave: oversized and nested
+bodies, huge batches, invalid UTF-8, wrong methods and paths, slow clients (slowloris),
+more connections than API_LIMIT_CONCURRENCY, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SETOSA
+from tests.integration.conftest import ApiServer, StartApi, launch_api, stop_api
+
+
+def address(server: ApiServer) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def raw_request(server: ApiServer, data: bytes, timeout: float = 10) -> bytes:
+    """Send bytes as they are; return everything the server answers until it closes."""
+    with socket.create_connection(address(server), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # answered and closed before it all went out (413): read the answer
+        return read_all(sock)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1.1 "), response[:200]
+    return int(response.split(b" ", 2)[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@pytest.fixture(scope="module")
+def api(loaded_model_dir: Path) -> Iterator[ApiServer]:
+    server = launch_api(loaded_model_dir, LOG_LEVEL="WARNING", API_ACCESS_LOG="false")
+    yield server
+    stop_api(server)
+
+
+# -- bodies ------------------------------------------------------------------------------
+def test_a_declared_100_mb_body_gets_413_after_1_mb_without_the_rest(api: ApiServer) -> None:
+    with socket.create_connection(address(api), timeout=10) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        sent = 0
+        started = time.monotonic()
+        try:
+            while sent < 1 << 20:
+                sent += sock.send(b"[" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server already answered and closed: as intended
+        answer = read_all(sock)  # the other 99 MB never come: only an early answer ends this
+        waited = time.monotonic() - started
+    assert status_of(answer) == 413, answer[:300]
+    assert b"100000000 bytes exceeds MAX_BODY_BYTES=1048576" in answer
+    assert b"connection: close" in answer.lower()
+    assert waited < 5, f"413 took {waited:.1f} s"
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(api: ApiServer) -> None:
+    """No Content-Length to judge by: the body is counted as it streams."""
+    chunk = b"[" * 65536
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20))  # 1.25 MiB
+    answer = raw_request(
+        api,
+        b"POST /predict HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\n\r\n" + body,
+    )
+    assert status_of(answer) == 413 and b"exceeds MAX_BODY_BYTES=1048576" in answer
+
+
+HOSTILE_BODIES = {
+    "100k nested arrays": b"[" * 100_000 + b"]" * 100_000,
+    "100k nested arrays in data": b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "100k nested objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "invalid UTF-8": b'{"data": [[5.1, 3.5, 1.4, "\xff\xfe"]]}',
+    "invalid UTF-8 key": b'{"d\xc3\x28ta": [[5.1, 3.5, 1.4, 0.2]]}',
+    "lone surrogate": b'{"data": [[5.1, 3.5, 1.4, "\\ud800"]]}',
+    "NaN": b'{"data": [[NaN, 3.5, 1.4, 0.2]]}',
+    "1e999": b'{"data": [[1e999, 3.5, 1.4, 0.2]]}',
+    "huge integer": b'{"data": [[' + b"9" * 5000 + b", 3.5, 1.4, 0.2]]}",
+    "empty": b"",
+    "null": b"null",
+    "truncated": b'{"data": [[5.1, 3.5',
+    "NUL bytes": b'{"data": [[5.1,\x00 3.5, 1.4, 0.2]]}',
+    "10k columns": b'{"data": [[' + b"1.0, " * 9999 + b"1.0]]}",
+}
+POST_PATHS = ["/predict", "/predict/label", "/v2/models/iris_svc/infer"]
+
+
+@pytest.mark.parametrize("path", POST_PATHS)
+@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
+def test_hostile_bodies_get_a_4xx_with_a_message(api: ApiServer, path: str, name: str) -> None:
+    body = HOSTILE_BODIES[name]
+    answer = raw_request(
+        api,
+        b"POST %s HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (path.encode(), len(body), body),
+    )
+    status = status_of(answer)
+    assert 400 <= status < 500, answer[:500]
+    payload = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert payload.get("error") or payload.get("detail"), payload
+    assert httpx.get(f"{api.url}/ready").status_code == 200  # and the process is fine
+
+
+def test_a_10k_row_batch_is_422_at_the_default_limit(api: ApiServer) -> None:
+    response = httpx.post(f"{api.url}/predict", json={"data": [SETOSA] * 10_000}, timeout=30)
+    assert response.status_code == 422
+    assert "MAX_BATCH_SIZE=1024" in response.json()["error"]
+
+
+def test_a_10k_row_batch_is_served_when_max_batch_size_allows(
+    loaded_model_dir: Path, start_api: StartApi
+) -> None:
+    big = start_api(loaded_model_dir, MAX_BATCH_SIZE="10000", LOG_LEVEL="WARNING")
+    response = httpx.post(f"{big.url}/predict", json={"data": [SETOSA] * 10_000}, timeout=30)
+    assert response.status_code == 200
+    predictions = response.json()["prediction"]
+    assert len(predictions) == 10_000 and predictions[0] == predictions[-1]
+
+
+# -- request lines, headers, methods, paths -----------------------------------------------
+BAD_REQUESTS = {
+    "invalid UTF-8 in a header": b"GET /health HTTP/1.1\r\nHost: api\r\n"
+    b"X-Request-Id: \xff\xfe\r\n\r\n",
+    "invalid UTF-8 in the path": b"GET /pre\xffdict HTTP/1.1\r\nHost: api\r\n\r\n",
+    "percent-encoded invalid UTF-8": b"GET /predict/%ff%fe HTTP/1.1\r\nHost: api\r\n\r\n",
+    "invalid UTF-8 in the query": b"GET /health?x=%ff HTTP/1.1\r\nHost: api\r\n\r\n",
+    "invalid UTF-8 content-type": b"POST /predict HTTP/1.1\r\nHost: api\r\n"
+    b"Content-Type: application/j\xffson\r\nContent-Length: 2\r\n\r\n{}",
+    "NUL in the path": b"GET /pred%00ict HTTP/1.1\r\nHost: api\r\n\r\n",
+    "dot segments": b"GET /../../etc/passwd HTTP/1.1\r\nHost: api\r\n\r\n",
+    "8 KiB path": b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nHost: api\r\n\r\n",
+    "absolute URI": b"GET http://evil.example/predict/test HTTP/1.1\r\nHost: api\r\n\r\n",
+    "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,
+    "no HTTP version": b"GET /health\r\n\r\n",
+    "unknown method": b"BREW /predict HTTP/1.1\r\nHost: api\r\n\r\n",
+    "bad content-length": b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Length: -1\r\n\r\n",
+    "two content-lengths": b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\n{}",
+    "chunked and length": b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "100 KiB header": b"GET /health HTTP/1.1\r\nHost: api\r\nX-Big: " + b"a" * 102400 + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_malformed_requests_never_get_a_5xx(api: ApiServer, name: str) -> None:
+    answer = raw_request(api, BAD_REQUESTS[name])
+    # Refused by the HTTP parser (400, or a close without an answer), answered 4xx by the
+    # app, or (a request id that is not one) served with a fresh id. Never a 5xx, and the
+    # server stays up.
+    if answer:
+        assert status_of(answer) < 500, answer[:300]
+        assert b"\xff" not in answer.split(b"\r\n\r\n", 1)[0]
+    assert httpx.get(f"{api.url}/ready").status_code == 200
+
+
+WRONG_METHODS = [
+    ("GET", "/predict"),
+    ("PUT", "/predict"),
+    ("DELETE", "/predict/label"),
+    ("POST", "/health"),
+    ("PATCH", "/ready"),
+    ("DELETE", "/metrics"),
+    ("GET", "/v2/models/iris_svc/infer"),
+    ("PUT", "/v2/models/iris_svc/versions/v1/infer"),
+    ("POST", "/v2/health/ready"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), WRONG_METHODS)
+def test_wrong_methods_are_405(api: ApiServer, method: str, path: str) -> None:
+    response = httpx.request(method, f"{api.url}{path}", json={"data": [SETOSA]})
+    assert response.status_code == 405, response.text
+    assert method not in response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/nope", "/predict/x", "/v2/models/", "/v2/models/iris_svc/versions/v9/infer", "/%2e%2e/"],
+)
+def test_unknown_paths_are_404(api: ApiServer, path: str) -> None:
+    assert httpx.post(f"{api.url}{path}", json={"data": [SETOSA]}).status_code in (404, 405)
+
+
+# -- slow clients ------------------------------------------------------------------------
+RESET = b"(reset)"
+SLOW_HEADERS = b"POST /predict HTTP/1.1\r\nHost: api\r\nX-Slow: " + b"a" * 1000
+
+
+def slowloris(server: ApiServer, count: int, seconds: float, body: bool = False) -> list[bytes]:
+    """`count` connections that send a request one byte a second for `seconds`
+    (the headers, or complete headers and then the body); what each got back (b"" while
+    the server held it open, an answer once it gave up on the client)."""
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    sockets = [socket.create_connection(address(server), timeout=5) for _ in range(count)]
+    closed: dict[int, bytes] = {}
+    try:
+        if body:
+            for sock in sockets:
+                sock.sendall(head)
+        deadline = time.monotonic() + seconds
+        position = 0
+        while time.monotonic() < deadline:
+            for i, sock in enumerate(sockets):
+                if i in closed:
+                    continue
+                try:
+                    sock.sendall(SLOW_HEADERS[position : position + 1] if not body else b"[")
+                except OSError:
+                    closed[i] = read_all(sock) or RESET
+            position += 1
+            time.sleep(1)
+        for i, sock in enumerate(sockets):
+            if i not in closed:
+                sock.settimeout(0.2)
+                try:
+                    closed[i] = read_all(sock)
+                except TimeoutError:
+                    closed[i] = b""  # still held
+        return [closed[i] for i in range(count)]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_slowloris_headers_get_408_and_are_closed(
+    loaded_model_dir: Path, start_api: StartApi
+) -> None:
+    server = start_api(loaded_model_dir, API_HEADER_TIMEOUT_SECONDS="2", LOG_LEVEL="WARNING")
+    started = time.monotonic()
+    answers = slowloris(server, count=50, seconds=5)
+    held = sum(1 for a in answers if not a)
+    print(f"\nslowloris, headers: {held} of 50 connections still held after 5 s")
+    assert held == 0
+    # 408 then closed; a client whose next byte raced the close may see only the reset.
+    assert all(a == RESET or status_of(a) == 408 for a in answers), {a[:40] for a in answers}
+    assert answers.count(RESET) < len(answers)
+    assert time.monotonic() - started < 10
+    # Meanwhile and afterwards, ordinary clients are served.
+    assert httpx.post(f"{server.url}/predict", json={"data": [SETOSA]}).status_code == 200
+
+
+def test_slowloris_bodies_get_408_and_are_closed(
+    loaded_model_dir: Path, start_api: StartApi
+) -> None:
+    server = start_api(loaded_model_dir, API_BODY_TIMEOUT_SECONDS="2", LOG_LEVEL="WARNING")
+    answers = slowloris(server, count=20, seconds=5, body=True)
+    assert all(a == RESET or status_of(a) == 408 for a in answers), {a[:40] for a in answers}
+    assert all(b"API_BODY_TIMEOUT_SECONDS=2" in a for a in answers if a != RESET)
+    assert answers.count(RESET) < len(answers)
+    assert httpx.post(f"{server.url}/predict", json={"data": [SETOSA]}).status_code == 200
+
+
+def test_a_keep_alive_connection_times_out_its_next_request_too(
+    loaded_model_dir: Path, start_api: StartApi
+) -> None:
+    server = start_api(loaded_model_dir, API_HEADER_TIMEOUT_SECONDS="1", LOG_LEVEL="WARNING")
+    with socket.create_connection(address(server), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /health HTTP/1.1\r\n")  # then nothing more
+        started = time.monotonic()
+        answer = read_all(sock)
+    assert status_of(answer) == 408 and time.monotonic() - started < 3
+
+
+# -- more connections than configured ---------------------------------------------------
+def test_connections_beyond_the_limit_get_503_fast_and_memory_stays_bounded(
+    loaded_model_dir: Path, start_api: StartApi
+) -> None:
+    server = start_api(
+        loaded_model_dir, API_LIMIT_CONCURRENCY="20", API_ACCESS_LOG="false", LOG_LEVEL="ERROR"
+    )
+    pid = server.process.pid
+    request = b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+    body = json.dumps({"data": [SETOSA]}).encode()
+    request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    assert raw_request(server, request).startswith(b"HTTP/1.1 200")
+    rss_before = rss_kib(pid)
+    # 20 connections that say nothing fill the limit (they are held until the header
+    # timeout)...
+    idle = [socket.create_connection(address(server)) for _ in range(20)]
+    try:
+        time.sleep(0.2)
+        # ...so every further request is refused at once, however many come.
+        statuses: dict[int, int] = {}
+        slowest = 0.0
+        for _ in range(2000):
+            started = time.monotonic()
+            status = status_of(raw_request(server, request, timeout=5))
+            slowest = max(slowest, time.monotonic() - started)
+            statuses[status] = statuses.get(status, 0) + 1
+        rss_during = rss_kib(pid)
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.2)
+    after = raw_request(server, request)
+    rss_after = rss_kib(pid)
+    print(
+        f"\nAPI_LIMIT_CONCURRENCY=20, 20 idle connections held, 2000 more requests: {statuses}, "
+        f"slowest answer {slowest * 1000:.1f} ms; RSS {rss_before} KiB before, "
+        f"{rss_during} KiB under it, {rss_after} KiB after"
+    )
+    assert statuses == {503: 2000}
+    assert slowest < 1.0
+    assert rss_during - rss_before < 10 * 1024
+    assert after.startswith(b"HTTP/1.1 200"), after[:100]
+
+
+# -- SIGTERM: drain, then close ----------------------------------------------------------
+def test_sigterm_turns_ready_503_keeps_serving_then_stops(loaded_model_dir: Path) -> None:
+    server = launch_api(loaded_model_dir, API_DRAIN_SECONDS="2")
+    try:
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.3)
+        ready = httpx.get(f"{server.url}/ready")
+        v2_ready = httpx.get(f"{server.url}/v2/health/ready")
+        predict = httpx.post(f"{server.url}/predict", json={"data": [SETOSA]})
+        assert (ready.status_code, v2_ready.status_code, predict.status_code) == (503, 503, 200)
+        assert ready.json()["ready"] is False
+        while server.process.poll() is None and time.monotonic() - signalled < 10:
+            try:
+                httpx.get(f"{server.url}/health", timeout=1)
+            except httpx.ConnectError:
+                break
+            time.sleep(0.05)
+        closed_after = time.monotonic() - signalled
+        assert 2 <= closed_after < 4, closed_after
+    finally:
+        out = stop_api(server)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: "killed by SIGTERM"
+    # after a clean shutdown (exit 143 in a container) is its normal end.
+    assert server.process.returncode in (0, -signal.SIGTERM), out
+    assert "Finished server process" in out and "Traceback" not in out
+    assert "draining; /ready answers 503, still serving for API_DRAIN_SECONDS=2" in out
