@@ -95,6 +95,14 @@ loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highe
 	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
 	  && uv run --frozen python loadtest/capacity_report.py $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
 
+# make soak SOAK_USERS=134 SOAK_SECONDS=600   (loadtest/README.md, "make soak")
+SOAK_USERS ?= 134
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: venv ## 10 min of locust at ~70% capacity on its own stack: errors, p99/min, API RSS -> loadtest/results/soak.md
+	$(COMPOSE) build --quiet
+	uv run --frozen python loadtest/soak.py --users $(SOAK_USERS) --duration $(SOAK_SECONDS) --report loadtest/results/soak.md
+
 bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (needs wrk)
 	uv run --frozen python loadtest/bench_api.py
 
