@@ -95,6 +95,14 @@ loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highe
 	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
 	  && uv run --frozen python loadtest/capacity_report.py $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
 
+# make soak SOAK_USERS=134 SOAK_SECONDS=600   (loadtest/README.md, "make soak")
+SOAK_USERS ?= 134
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: venv ## 10 min of locust at ~70% capacity on its own stack: errors, p99/min, API RSS -> loadtest/results/soak.md
+	$(COMPOSE) build --quiet
+	uv run --frozen python loadtest/soak.py --users $(SOAK_USERS) --duration $(SOAK_SECONDS) --report loadtest/results/soak.md
+
 bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (needs wrk)
 	uv run --frozen python loadtest/bench_api.py
 
@@ -102,7 +110,7 @@ bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader ->
 	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md
 
 # --- development --------------------------------------------------------------
-.PHONY: venv test test-unit test-integration test-e2e test-k8s lint fmt lock
+.PHONY: venv test test-unit test-integration test-e2e test-k8s lint fmt lock audit
 venv:
 	@uv sync --frozen --quiet
 
@@ -132,6 +140,16 @@ lint: venv ## ruff, and the per-image lock files match uv.lock
 fmt: venv ## format and auto-fix
 	uv run --frozen ruff format .
 	uv run --frozen ruff check --fix .
+
+# Not in `make test`: it needs PyPI's JSON API and OSV (osv.dev), which some networks
+# (this project's CI machines among them) do not reach; --strict fails on any dependency
+# it could not audit, so a blocked network is a failure, never a silent pass.
+audit: venv ## pip-audit each image's hashed requirements.lock (needs PyPI's JSON API)
+	@for svc in api loader loadtest; do \
+	  echo "pip-audit $$svc/requirements.lock"; \
+	  uv run --frozen pip-audit --strict --require-hashes --disable-pip --progress-spinner off \
+	    -r $$svc/requirements.lock || exit 1; \
+	done
 
 lock: ## re-resolve uv.lock and export each image's hashed requirements
 	uv lock
