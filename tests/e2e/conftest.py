@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from google.cloud import storage
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, models_script
 
 
 def _docker_problem() -> str | None:
@@ -122,6 +124,11 @@ class Stack:
             text=True,
             check=True,
         ).stdout.split()
+
+    def publish(self, src: Path, uri: str) -> None:
+        """Upload a version directory to this stack's emulator, as `make publish` does."""
+        with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": self.gcs}):
+            models_script("publish").publish(src, uri, storage.Client())
 
     def inspect(self, service: str) -> dict[str, Any]:
         return self.containers()[service]

@@ -8,9 +8,8 @@ from types import ModuleType
 
 import httpx
 import pytest
-from google.cloud import storage
 
-from tests.conftest import MODEL_V1, SETOSA, VIRGINICA, models_script
+from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.docker
@@ -78,15 +77,11 @@ def test_the_emulator_is_reachable_from_the_host(stack: Stack) -> None:
 
 
 def test_model_update_and_rollback_without_rebuilding(
-    stack: Stack, tmp_path: Path, train_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tmp_path: Path, train_module: ModuleType
 ) -> None:
     """The README's update: publish v2 to the bucket, point MODEL_URI at it, `up -d`."""
     train_module.export(tmp_path / "v2", svc_c=0.3)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", stack.gcs)
-    models_script("publish").publish(
-        tmp_path / "v2", "gs://ml-models/iris_svc/v2/", storage.Client()
-    )
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    stack.publish(tmp_path / "v2", "gs://ml-models/iris_svc/v2/")
 
     stack.compose("up", "-d", "--wait", MODEL_URI="gs://ml-models/iris_svc/v2/")
     assert httpx.get(f"{stack.api}/ready").json()["model_version"] == "v2"

@@ -12,9 +12,8 @@ from types import ModuleType
 
 import httpx
 import pytest
-from google.cloud import storage
 
-from tests.conftest import SETOSA, models_script
+from tests.conftest import SETOSA
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.docker
@@ -94,14 +93,10 @@ def switch(stack: Stack, model_uri: str, old: str, new: str) -> None:
 
 
 def test_update_and_rollback_under_traffic(
-    stack: Stack, tmp_path: Path, train_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tmp_path: Path, train_module: ModuleType
 ) -> None:
     train_module.export(tmp_path / "v2", svc_c=0.3)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", stack.gcs)
-    models_script("publish").publish(
-        tmp_path / "v2", "gs://ml-models/iris_svc/v2/", storage.Client()
-    )
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    stack.publish(tmp_path / "v2", "gs://ml-models/iris_svc/v2/")
 
     switch(stack, "gs://ml-models/iris_svc/v2/", "v1", "v2")
     assert httpx.get(f"{stack.api}/ready").json()["model_version"] == "v2"
