@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 import sys
 from pathlib import Path
@@ -21,6 +22,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+
+
+def fake_google_credentials(path: Path, kind: str, token_uri: str = GOOGLE_TOKEN_URI) -> dict:
+    """Write a well-formed but fake Google credentials file (mode 0600) and return it:
+    `service_account`, a key with an RSA private key made now (keys are never committed),
+    or `authorized_user`, the ADC file `gcloud auth application-default login` writes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if kind == "service_account":
+        pem = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            .private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            .decode()
+        )
+        info = dict(
+            type=kind,
+            project_id="fake-project",
+            private_key_id="0" * 40,
+            private_key=pem,
+            client_email="model-loader@fake-project.iam.gserviceaccount.com",
+            client_id="100000000000000000000",
+            token_uri=token_uri,
+        )
+    else:
+        info = dict(
+            type=kind,
+            client_id="fake.apps.googleusercontent.com",
+            client_secret="fake-client-secret",
+            refresh_token="fake-refresh-token",
+            token_uri=token_uri,
+        )
+    path.write_text(json.dumps(info))
+    path.chmod(0o600)
+    return info
 
 
 def models_script(name: str) -> ModuleType:

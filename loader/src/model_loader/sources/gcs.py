@@ -94,8 +94,14 @@ class GcsSource:
     def endpoint(self) -> str:
         return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
 
+    def _what(self, exc: BaseException) -> str:
+        """What did not answer: storage, or the token endpoint the credentials ask first."""
+        if isinstance(exc, auth_exceptions.TransportError):
+            return "the credentials' token endpoint"
+        return f"storage at {self.endpoint}"
+
     def _log_retry(self, exc: BaseException) -> None:
-        log.warning("storage at %s not answering yet (%s); retrying", self.endpoint, _brief(exc))
+        log.warning("%s not answering yet (%s); retrying", self._what(exc), _brief(exc))
 
     @property
     def client(self) -> storage.Client:
@@ -106,8 +112,22 @@ class GcsSource:
                 else:
                     self._client = storage.Client(project=self._settings.gcs_project)
             except auth_exceptions.DefaultCredentialsError as exc:
+                key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+                if key_file:  # the library's reason names the file: missing, not a key
+                    raise PermissionDeniedError(
+                        f"GOOGLE_APPLICATION_CREDENTIALS={key_file}: {_brief(exc)}"
+                    ) from exc
                 raise PermissionDeniedError(
                     f"no Google credentials found: {CREDENTIALS_HINT}"
+                ) from exc
+            except OSError as exc:  # google-auth opens the key file unguarded
+                if exc.filename is None:
+                    raise
+                raise PermissionDeniedError(
+                    f"cannot read GOOGLE_APPLICATION_CREDENTIALS="
+                    f"{os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')} ({_brief(exc)}) as "
+                    f"uid {os.getuid()}, groups {','.join(map(str, os.getgroups()))}: make the "
+                    "key file readable by that uid or one of those groups"
                 ) from exc
         return self._client
 
@@ -189,7 +209,7 @@ class GcsSource:
         except api_exceptions.RetryError as exc:
             cause = exc.cause or exc
             raise SourceUnavailableError(
-                f"storage at {self.endpoint} not reachable within "
+                f"{self._what(cause)} not reachable within "
                 f"{self._settings.wait_seconds:g} s ({_brief(cause)})"
             ) from exc
         except api_exceptions.NotFound as exc:
@@ -211,7 +231,7 @@ class GcsSource:
 def _brief(exc: BaseException) -> str:
     """One short line: the exception's name and the root of its message."""
     text = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if isinstance(exc, (requests.exceptions.ConnectionError, auth_exceptions.TransportError)):
         # urllib3 buries the cause: "...Max retries exceeded ... (Caused by ...: [Errno 111] ...")"
         cause = re.search(r"Failed to resolve '[^']*'|\[Errno -?\d+\][^\"')]*", text)
         text = cause.group(0) if cause else text
