@@ -16,10 +16,15 @@ help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # --- the stack ----------------------------------------------------------------
-.PHONY: up down logs ps
+.PHONY: up up-gcs down logs ps
 up: ## build, start, wait until the API is ready, print its URL
 	$(COMPOSE) up -d --build --wait --wait-timeout 300
 	@echo "API ready: http://127.0.0.1:$(API_HOST_PORT)  (try: curl http://127.0.0.1:$(API_HOST_PORT)/predict/test)"
+
+# GCS_CREDENTIALS_FILE=key.json MODEL_URI=gs://bucket/name/version/ make up-gcs  (README: "Real GCS with Compose")
+up-gcs: ## like up, but the loader reads real GCS with the key file GCS_CREDENTIALS_FILE
+	$(COMPOSE) -f compose.yaml -f compose.gcs.yaml up -d --build --wait --wait-timeout 300
+	@echo "API ready: http://127.0.0.1:$(API_HOST_PORT)  (serving $(MODEL_URI))"
 
 down: ## stop the stack and remove its containers and volume
 	$(COMPOSE) down -v --remove-orphans

@@ -21,6 +21,8 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CREDENTIAL_NAMES = {
     "application_default_credentials.json",
     "credentials.json",
+    "gcs_credentials",  # compose.gcs.yaml's secret: only ever a run-time mount
+    "key.json",
     "service-account.json",
     "id_rsa",
     "id_ed25519",

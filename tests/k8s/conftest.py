@@ -55,6 +55,18 @@ def containers(spec: Doc) -> list[Doc]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
+def with_key_secret(tmp_path: Path) -> list[Doc]:
+    """The gke overlay plus the optional key-Secret component, as a user would compose it."""
+    overlay = tmp_path / "gke-with-key"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(K8S / 'overlays' / 'gke', overlay)}]\n"
+        f"components: [{os.path.relpath(K8S / 'components' / 'gcs-key-secret', overlay)}]\n"
+    )
+    return render(overlay)
+
+
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, list[Doc]]:
     """overlay name -> its rendered documents."""
@@ -72,23 +84,23 @@ def _no_compose(problem: str) -> NoReturn:
     pytest.skip(f"no Docker Compose v2 ({problem}); run `bash .ci/prepare`")
 
 
-def compose_config(**env: str) -> Doc:
+def run_compose_config(*overrides: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`docker compose config` as a fresh checkout sees it: no .env, no shell variables
-    (only those given), every ${VAR:-default} at its default."""
+    (only those given), every ${VAR:-default} at its default; compose.yaml, then the
+    `overrides`."""
     clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **env}
-    compose = [
-        "docker",
-        "compose",
-        "--project-directory",
-        str(ROOT),
-        "-f",
-        str(ROOT / "compose.yaml"),
-    ]
-    command = [*compose, "--env-file", "/dev/null", "config", "--format", "json"]
+    files = [arg for path in (ROOT / "compose.yaml", *overrides) for arg in ("-f", str(path))]
+    command = ["docker", "compose", "--project-directory", str(ROOT), *files]
+    command += ["--env-file", "/dev/null", "config", "--format", "json"]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=clean)
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=clean)
     except OSError as exc:
         _no_compose(str(exc))
+
+
+def compose_config(*overrides: Path, **env: str) -> Doc:
+    """The merged configuration (see `run_compose_config`)."""
+    result = run_compose_config(*overrides, **env)
     if result.returncode != 0:
         _no_compose(result.stderr.strip())
     return json.loads(result.stdout)

@@ -31,6 +31,7 @@ from tests.k8s.conftest import (
     pod_spec,
     render,
     tool,
+    with_key_secret,
 )
 
 # Oldest and newest Kubernetes the offline schemas cover (1.25 and 1.37 today).
@@ -63,18 +64,6 @@ def validate(docs: list[Doc], tmp_path: Path, version: str) -> list[str]:
     if len(passed) != len(docs):
         problems.append(f"{len(passed)} of {len(docs)} documents passed")
     return problems
-
-
-def with_key_secret(tmp_path: Path) -> list[Doc]:
-    """The gke overlay plus the optional key-Secret component, as a user would compose it."""
-    overlay = tmp_path / "gke-with-key"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{os.path.relpath(K8S / 'overlays' / 'gke', overlay)}]\n"
-        f"components: [{os.path.relpath(K8S / 'components' / 'gcs-key-secret', overlay)}]\n"
-    )
-    return render(overlay)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -5,11 +5,13 @@ interpolation, at the defaults a fresh checkout gets)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.k8s.conftest import Doc, compose_config, find, pod_spec
+from tests.conftest import ROOT
+from tests.k8s.conftest import Doc, compose_config, find, pod_spec, with_key_secret
 
 # compose service -> (Deployment, container) in the minikube overlay
 PAIRS = {
@@ -120,3 +122,35 @@ def test_same_probe_endpoints(compose: dict[str, Doc], minikube: list[Doc]) -> N
 def test_same_images(compose: dict[str, Doc], minikube: list[Doc]) -> None:
     for service in PAIRS:
         assert container(minikube, service)["image"] == compose[service]["image"], service
+
+
+def test_real_gcs_gives_a_key_to_the_loader_alone_in_both(tmp_path: Path) -> None:
+    """compose.gcs.yaml and the gke overlay with the gcs-key-secret component: no emulator;
+    the loader alone gets GOOGLE_APPLICATION_CREDENTIALS, naming a file on a read-only
+    mount of the secret (each platform's usual path)."""
+    env = {"GCS_CREDENTIALS_FILE": "/dev/null", "MODEL_URI": "gs://bucket/name/v1/"}
+    compose = compose_config(ROOT / "compose.gcs.yaml", **env)["services"]
+    docs = with_key_secret(tmp_path)
+    assert set(compose) == {"loader", "api"}
+    assert not [d for d in docs if d["metadata"]["name"].startswith("fake-gcs")]
+
+    loader_env = compose["loader"]["environment"]
+    assert [s["target"] for s in compose["loader"]["secrets"]] == [
+        loader_env["GOOGLE_APPLICATION_CREDENTIALS"]
+    ]
+    assert "secrets" not in compose["api"]
+
+    spec = pod_spec(find(docs, "Deployment", "model-load-api"))
+    secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
+    for c in [*spec["initContainers"], *spec["containers"]]:
+        k8s_env = env_of(docs, c)
+        key = [m for m in c.get("volumeMounts", []) if m["name"] in secret_volumes]
+        if c["name"] == "loader":
+            assert len(key) == 1 and key[0]["readOnly"] is True
+            assert k8s_env["GOOGLE_APPLICATION_CREDENTIALS"].startswith(key[0]["mountPath"] + "/")
+            # The same names reach the loader; neither talks to an emulator.
+            names = {"GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "MODEL_URI"}
+            assert names <= set(k8s_env) and names <= set(loader_env)
+            assert "STORAGE_EMULATOR_HOST" not in {*k8s_env, *loader_env}
+        else:
+            assert key == [] and "GOOGLE_APPLICATION_CREDENTIALS" not in k8s_env
