@@ -7,6 +7,8 @@ import json
 import os
 from select import PIPE_BUF
 
+import pytest
+
 from model_api.logging import AccessLog
 
 RID = "c4558330bb10f6540000000000000001"
@@ -81,3 +83,11 @@ def test_lines_are_written_soon_without_a_flush() -> None:
     asyncio.run(main())
     os.close(w)
     assert b"GET /label" in read_all(r)
+
+
+def test_a_stdout_without_a_file_descriptor_still_gets_the_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = AccessLog("text")  # capsys: sys.stdout has no fileno()
+    write_lines(log, 2)
+    assert capsys.readouterr().out.count("model_api.access") == 2

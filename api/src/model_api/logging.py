@@ -67,7 +67,7 @@ class AccessLog:
 
     def __init__(self, fmt: str, fd: int | None = None) -> None:
         self.json = fmt == "json"
-        self.fd = sys.stdout.fileno() if fd is None else fd
+        self.fd = _stdout_fd() if fd is None else fd
         self._lines: list[bytes] = []
         self._size = 0
         self._flush_scheduled = False
@@ -143,7 +143,19 @@ class AccessLog:
 
     def _write(self, data: bytes) -> None:
         try:
+            if self.fd is None:  # stdout without a file descriptor (captured in tests)
+                sys.stdout.write(data.decode())
+                sys.stdout.flush()
+                return
             while data:
                 data = data[os.write(self.fd, data) :]
-        except OSError:
+        except (OSError, ValueError):
             pass  # stdout gone (closed pipe): nothing left to tell
+
+
+def _stdout_fd() -> int | None:
+    try:
+        sys.stdout.flush()  # what print() buffered goes first
+        return sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
