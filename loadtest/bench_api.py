@@ -12,7 +12,7 @@ per scenario:
       the same with the CPU caches flushed between runs, as serving HTTP does;
   a reference: FastAPI with one route returning the same fixed body (the framework's cost);
   the API: POST /predict with 1 row and with 32 rows, POST /v2/.../infer with 1 row,
-      once with INFERENCE_MODE=inline and once with threadpool; and /predict with 1 row
+      once with each INFERENCE_MODE (batch, inline, threadpool); and /predict with 1 row
       without the access log (API_ACCESS_LOG=false).
 
 Prints req/s, p50 and p99 per scenario, the ratio to (a), resident memory per worker and
@@ -364,12 +364,12 @@ def main() -> None:
     framework = run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body")
     print(f"{framework.name}: {framework.rps:,.0f} req/s", flush=True)
     rows, memory = [bare, framework], {}
-    for mode in ("inline", "threadpool"):
+    for mode in ("batch", "inline", "threadpool"):
         results, memory[mode] = run_api(args, mode)
         for r in results:
             print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
         rows += results
-    results, _ = run_api(args, "inline", access_log=False)
+    results, _ = run_api(args, "batch", access_log=False)
     print(f"{results[0].name}: {results[0].rps:,.0f} req/s", flush=True)
     rows += results
     rows += [compute_ceiling(min(args.duration, 5)), compute_ceiling(min(args.duration, 5), True)]

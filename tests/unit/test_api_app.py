@@ -207,11 +207,14 @@ def test_metrics_names(client: TestClient) -> None:
     assert 'route="/predict",status="200"' in text
 
 
-def test_threadpool_inference_gives_the_same_answer() -> None:
-    settings = make_settings(INFERENCE_MODE="threadpool")
+@pytest.mark.parametrize("mode", ["batch", "inline", "threadpool"])
+def test_every_inference_mode_gives_the_same_answer(client: TestClient, mode: str) -> None:
+    body = {"data": [SETOSA, VIRGINICA]}
+    settings = make_settings(INFERENCE_MODE=mode)
     with TestClient(create_app(settings, OnnxModel.load(MODEL_V1))) as c:
-        prediction = c.post("/predict", json={"data": [SETOSA]}).json()["prediction"]
-    assert prediction[0] > 0.9
+        assert c.post("/predict", json=body).json() == client.post("/predict", json=body).json()
+        one = c.post("/predict", json={"data": [SETOSA]}).json()["prediction"]
+    assert one[0] > 0.9
 
 
 def test_an_unexpected_error_on_a_hot_route_is_a_500_with_a_message(

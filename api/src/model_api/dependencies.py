@@ -71,12 +71,18 @@ def parse_json(body: bytes, example: str) -> Any:
 
 
 async def infer(state: Any, model: OnnxModel, rows: np.ndarray) -> np.ndarray:
-    """Probabilities for `rows`, timed into the metrics; inline or in the threadpool."""
-    started = time.perf_counter()
-    if state.inline_inference:
-        probabilities = model.predict_proba(rows)
+    """Probabilities for `rows`, by INFERENCE_MODE, timed into the metrics."""
+    if state.batcher is not None:
+        done = await state.batcher.infer(model, rows)
+        probabilities, seconds = done.probabilities, done.seconds
     else:
-        probabilities = await run_in_threadpool(model.predict_proba, rows)
-    state.metrics.inference.observe(time.perf_counter() - started)
+        started = time.perf_counter()
+        if state.inference_mode == "inline":
+            probabilities = model.predict_proba(rows)
+        else:
+            probabilities = await run_in_threadpool(model.predict_proba, rows)
+        seconds = time.perf_counter() - started
+        state.metrics.call_rows.observe(len(rows))
+    state.metrics.inference.observe(seconds)
     state.metrics.batch_size.observe(len(rows))
     return probabilities

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model_api import __version__
+from model_api.batching import Batcher
 from model_api.config import ApiSettings
 from model_api.drain import Drain
 from model_api.errors import ModelError, ModelMissingError, install_error_handlers
@@ -61,7 +62,8 @@ class AppState:
     settings: ApiSettings
     metrics: Metrics
     drain: Drain
-    inline_inference: bool
+    inference_mode: str  # batch, inline or threadpool
+    batcher: Batcher | None = None  # with INFERENCE_MODE=batch
     model: OnnxModel | None = None
     load_error: ModelError | None = None
 
@@ -145,7 +147,12 @@ def create_app(
         settings=settings,
         metrics=app_metrics,
         drain=drain,
-        inline_inference=settings.inference_mode == "inline",
+        inference_mode=settings.inference_mode,
+        batcher=(
+            Batcher(settings.max_batch_size, app_metrics.call_rows.observe)
+            if settings.inference_mode == "batch"
+            else None
+        ),
     )
     install_error_handlers(app)
     app.front = RequestMiddleware(

@@ -44,7 +44,7 @@ JSON = b"application/json"
 class Call:
     """A request to a hot endpoint: what the endpoints read of it, nothing more."""
 
-    state: Any  # the app's State: settings, model, metrics, inline_inference
+    state: Any  # main.AppState: settings, model, metrics, batcher...
     body: bytes
     request_id: str
     path_params: dict[str, str]

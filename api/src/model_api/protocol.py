@@ -7,6 +7,8 @@
   within API_HEADER_TIMEOUT_SECONDS of the connection opening (first request) or of the
   request's first byte (later ones), and its body within API_BODY_TIMEOUT_SECONDS of the
   headers; else 408 and the connection is closed.
+- Half-closed connections answered: a client that closes its sending side after its
+  request still gets the answer (uvicorn drops it once the app awaits anything).
 - A gentler shutdown. uvicorn closes at once every connection without a request in
   progress — including one that was accepted a moment ago and whose request is still in
   the socket buffer or half parsed: that client sent a request and gets a reset. Here such
@@ -84,6 +86,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._body_since = None
         super().on_message_complete()
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client closed its sending side (shutdown(SHUT_WR), `nc -N`, some HTTP/1.0
+        clients) after a whole request: answer it, then close. uvicorn closes at once, so
+        an endpoint that awaits anything (INFERENCE_MODE=batch waits for its batch)
+        would find its client gone. A request still incomplete cannot complete: close."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self._body_since is None:
+            cycle.keep_alive = False  # the transport closes after the response
+            return True  # keep our sending side open until then
+        return None
 
     def shutdown(self) -> None:
         self._shutting_down = True
