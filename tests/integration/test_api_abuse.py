@@ -236,6 +236,20 @@ def test_unknown_paths_are_404(api: ApiServer, path: str) -> None:
     assert httpx.post(f"{api.url}{path}", json={"data": [SETOSA]}).status_code in (404, 405)
 
 
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(api: ApiServer) -> None:
+    """shutdown(SHUT_WR) after the request (`nc -N`): the batched inference completes after
+    uvicorn saw the EOF; the answer still goes out, then the server closes."""
+    body = json.dumps({"data": [SETOSA]}).encode()
+    request = (
+        b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answers = [raw_request(api, request, timeout=5) for _ in range(20)]
+    assert all(a.startswith(b"HTTP/1.1 200") and b'"prediction"' in a for a in answers)
+    # Half of a request, then EOF: nothing can complete it; closed without an answer.
+    assert raw_request(api, request[: len(request) - 5], timeout=5) == b""
+
+
 # -- slow clients ------------------------------------------------------------------------
 RESET = b"(reset)"
 SLOW_HEADERS = b"POST /predict HTTP/1.1\r\nHost: api\r\nX-Slow: " + b"a" * 1000

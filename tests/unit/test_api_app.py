@@ -207,8 +207,43 @@ def test_metrics_names(client: TestClient) -> None:
     assert 'route="/predict",status="200"' in text
 
 
-def test_threadpool_inference_gives_the_same_answer() -> None:
-    settings = make_settings(INFERENCE_MODE="threadpool")
+@pytest.mark.parametrize("mode", ["batch", "inline", "threadpool"])
+def test_every_inference_mode_gives_the_same_answer(client: TestClient, mode: str) -> None:
+    body = {"data": [SETOSA, VIRGINICA]}
+    settings = make_settings(INFERENCE_MODE=mode)
     with TestClient(create_app(settings, OnnxModel.load(MODEL_V1))) as c:
-        prediction = c.post("/predict", json={"data": [SETOSA]}).json()["prediction"]
-    assert prediction[0] > 0.9
+        assert c.post("/predict", json=body).json() == client.post("/predict", json=body).json()
+        one = c.post("/predict", json={"data": [SETOSA]}).json()["prediction"]
+    assert one[0] > 0.9
+
+
+def test_an_unexpected_error_on_a_hot_route_is_a_500_with_a_message(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: OnnxModel, rows: object) -> None:
+        raise RuntimeError("session exploded")
+
+    monkeypatch.setattr(OnnxModel, "predict_proba", broken)
+    response = client.post("/predict", json={"data": [SETOSA]}, headers={"X-Request-ID": "b-1"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal server error"}
+    assert response.headers["x-request-id"] == "b-1"
+    assert any("session exploded" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_hot_routes_answer_through_fastapi_too(client: TestClient) -> None:
+    """The FastAPI routes of the hot operations (OpenAPI; other model names) give the
+    same answers as the front door."""
+    app = client.app
+    front, app.front = app.front, None  # type: ignore[attr-defined]
+    try:
+        direct = client.post("/predict", json={"data": [SETOSA, VIRGINICA]})
+        test_label = client.get("/predict/test/label")
+        tensor = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}
+        v2 = client.post("/v2/models/iris_svc/versions/v1/infer", json={"inputs": [tensor]})
+    finally:
+        app.front = front  # type: ignore[attr-defined]
+    assert direct.json() == client.post("/predict", json={"data": [SETOSA, VIRGINICA]}).json()
+    assert direct.headers["x-model-version"] == "v1"
+    assert test_label.json() == client.get("/predict/test/label").json()
+    assert v2.status_code == 200 and v2.json()["outputs"][1]["data"] == ["setosa"]

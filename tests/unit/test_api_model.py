@@ -73,3 +73,39 @@ def test_malformed_label_json(model_dir: Path) -> None:
     (model_dir / "label.json").write_text("{oops")
     with pytest.raises(ModelInvalidError, match="not readable JSON"):
         OnnxModel.load(model_dir)
+
+
+def test_one_row_through_bound_buffers_equals_session_run() -> None:
+    model = OnnxModel.load(MODEL_V1)
+    model.warmup()
+    rows = np.array([[5.9, 3.0, 5.1, 1.8], [5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    for row in rows:
+        one = row.reshape(1, -1)
+        (expected,) = model.session.run([model.probabilities_name], {model.input_name: one})
+        got = model.predict_proba(one)
+        assert np.array_equal(got, expected)
+    first = model.predict_proba(rows[:1])
+    model.predict_proba(rows[1:])
+    assert np.array_equal(first, model.predict_proba(rows[:1]))  # answers are copies
+
+
+def test_a_concurrent_one_row_call_falls_back_to_session_run() -> None:
+    model = OnnxModel.load(MODEL_V1)
+    bound = model._one_row
+    assert bound is not None
+    row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    with bound._busy:  # another thread is inside the bound run
+        assert bound.run(row) is None
+        assert model.predict_proba(row).shape == (1, 3)
+
+
+def test_bound_buffers_that_disagree_are_dropped_at_warmup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = OnnxModel.load(MODEL_V1)
+    assert model._one_row is not None
+    monkeypatch.setattr(model._one_row, "run", lambda row: np.zeros((1, 3), dtype=np.float32))
+    model.warmup()
+    assert model._one_row is None
+    row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    assert model.predict_proba(row)[0][0] > 0.9

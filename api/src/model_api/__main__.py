@@ -43,7 +43,7 @@ def main() -> None:
         "access_log": False,  # model_api.access writes them, with the request id
         "timeout_keep_alive": settings.keep_alive_seconds,
         # httptools' protocol plus a header read timeout and a gentler shutdown.
-        "http": guarded_protocol(settings.header_timeout_seconds),
+        "http": guarded_protocol(settings.header_timeout_seconds, settings.body_timeout_seconds),
         "limit_concurrency": settings.limit_concurrency or None,
         "timeout_graceful_shutdown": 20,
         "server_header": False,

@@ -74,10 +74,13 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, validation_alias="MAX_BODY_BYTES")
     # ONNX Runtime threads per worker; 1 avoids oversubscribing small CPU limits.
     ort_threads: int = Field(default=1, ge=1, le=64, validation_alias="ORT_INTRA_OP_THREADS")
-    # Run inference inline on the event loop (fast for small models: no thread hop) or in
-    # the threadpool (keeps the loop responsive for models that take milliseconds).
+    # batch: on the event loop, the requests waiting in one loop turn share one inference
+    # (model_api.batching); inline: on the event loop, one inference per request; threadpool:
+    # in the threadpool (keeps the loop responsive for models that take milliseconds).
     inference_mode: str = Field(
-        default="inline", pattern="^(inline|threadpool)$", validation_alias="INFERENCE_MODE"
+        default="batch",
+        pattern="^(batch|inline|threadpool)$",
+        validation_alias="INFERENCE_MODE",
     )
 
     # One line per request (model_api.access, INFO). Off: metrics still count every request;

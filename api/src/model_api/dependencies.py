@@ -8,62 +8,47 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import Request, Response
-from fastapi.routing import APIRoute
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from model_api.errors import (
     BadRequestError,
-    InvalidInputError,
     NotReadyError,
     UnsupportedMediaError,
 )
 from model_api.model import OnnxModel
 
 
-def loaded_model(request: Request) -> OnnxModel:
-    model: OnnxModel | None = request.app.state.model
+def loaded_model(state: Any) -> OnnxModel:
+    """The served model, from the app's state; 503 until it is loaded."""
+    model: OnnxModel | None = state.model
     if model is None:
         raise NotReadyError("the model is not loaded yet")
     return model
 
 
-class DirectRoute(APIRoute):
-    """For the hot endpoints: call `endpoint(request, **path_params)` directly, skipping
-    FastAPI's dependency solving (it parses cookies, headers and the body for every
-    request, which costs more than the inference). The endpoints read and check the body
-    themselves; the decorator's arguments still describe the operation in OpenAPI."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint = self.endpoint
-
-        async def handler(request: Request) -> Response:
-            response: Response = await endpoint(request, **request.path_params)
-            return response
-
-        return handler
-
-
 async def model_dependency(request: Request) -> OnnxModel:
-    return loaded_model(request)
+    return loaded_model(request.app.state)
 
 
-def json_body(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def json_body(content_type: str) -> None:
+    kind = media_type(content_type)
+    if kind != "application/json" and not kind.endswith("+json"):
         raise UnsupportedMediaError(
             f"Content-Type must be application/json, got {content_type or 'none'!r}"
         )
 
 
-def no_content_encoding(request: Request) -> None:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+def no_content_encoding(content_encoding: str) -> None:
+    encoding = content_encoding.strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaError(f"Content-Encoding {encoding!r} is not supported")
 
@@ -85,25 +70,19 @@ def parse_json(body: bytes, example: str) -> Any:
         raise BadRequestError(f"malformed JSON: {exc}") from None
 
 
-def float32_rows(data: Any, field: str) -> np.ndarray:
-    """The model's input dtype. Finite doubles beyond float32's range would become
-    infinities and a meaningless prediction: refuse them, naming the first one."""
-    with np.errstate(over="ignore"):
-        rows = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(rows).all():
-        where = ".".join(str(int(i)) for i in np.argwhere(~np.isfinite(rows))[0])
-        raise InvalidInputError(f"{field}.{where}: out of the model's float32 range (|x| < 3.4e38)")
-    return rows
-
-
-async def infer(request: Request, model: OnnxModel, rows: np.ndarray) -> np.ndarray:
-    """Probabilities for `rows`, timed into the metrics; inline or in the threadpool."""
-    state = request.app.state
-    started = time.perf_counter()
-    if state.inline_inference:
-        probabilities = model.predict_proba(rows)
+async def infer(state: Any, model: OnnxModel, rows: np.ndarray) -> np.ndarray:
+    """Probabilities for `rows`, by INFERENCE_MODE, timed into the metrics."""
+    if state.batcher is not None:
+        done = await state.batcher.infer(model, rows)
+        probabilities, seconds = done.probabilities, done.seconds
     else:
-        probabilities = await run_in_threadpool(model.predict_proba, rows)
-    state.metrics.inference.observe(time.perf_counter() - started)
+        started = time.perf_counter()
+        if state.inference_mode == "inline":
+            probabilities = model.predict_proba(rows)
+        else:
+            probabilities = await run_in_threadpool(model.predict_proba, rows)
+        seconds = time.perf_counter() - started
+        state.metrics.call_rows.observe(len(rows))
+    state.metrics.inference.observe(seconds)
     state.metrics.batch_size.observe(len(rows))
     return probabilities

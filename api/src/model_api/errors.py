@@ -25,6 +25,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from model_api.schemas import FLOAT32_MAX
+
 
 class ModelError(Exception):
     """The model directory cannot be served. Not an HTTP error: the process exits."""
@@ -85,13 +87,17 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 def _message(error: dict[str, Any]) -> str:
     kind = error.get("type")
+    value = error.get("input")
+    huge_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind in ("float_type", "finite_number") and huge_int:
+        return "must be a finite number, got an integer too large for a float"
     if kind == "float_type":
-        value = error.get("input")
-        if isinstance(value, int) and not isinstance(value, bool):
-            return "must be a finite number, got an integer too large for a float"
         return f"must be a number, got {type(value).__name__}"
     if kind == "finite_number":
-        return f"must be a finite number, got {error.get('input')}"
+        return f"must be a finite number, got {value}"
+    bound = (error.get("ctx") or {}).get("le", (error.get("ctx") or {}).get("ge"))
+    if kind in ("less_than_equal", "greater_than_equal") and abs(bound or 0) == FLOAT32_MAX:
+        return f"out of the model's float32 range (|x| <= 3.4e38), got {value}"
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 

@@ -2,15 +2,20 @@
 
 uvicorn's own loggers go through the same handler; its access log is replaced by
 `model_api.access` lines written by the request middleware (they carry the request id,
-the route and the duration, which uvicorn's cannot).
+the route and the duration, which uvicorn's cannot), through `AccessLog`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
+import time
 from contextvars import ContextVar
+from select import PIPE_BUF
 
+import orjson
 from pythonjsonlogger.json import JsonFormatter
 
 # The current request's id; "-" outside a request (start-up, shutdown).
@@ -44,3 +49,113 @@ def configure_logging(level: str, fmt: str) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+
+
+class AccessLog:
+    """The `model_api.access` lines, in the same text or JSON shape as every other line,
+    without the logging module's per-record cost (a LogRecord, filters, handlers and a
+    formatter: about 13 µs, as much as the rest of a small model's request).
+
+    Lines are collected and written to stdout at most FLUSH_SECONDS later, in writes of at
+    most PIPE_BUF bytes of whole lines, so that lines from several worker processes on one
+    pipe never interleave. `flush()` at shutdown writes the rest; a process killed with
+    SIGKILL loses at most FLUSH_SECONDS of access lines.
+    """
+
+    FLUSH_SECONDS = 0.05
+    NAME = "model_api.access"
+
+    def __init__(self, fmt: str, fd: int | None = None) -> None:
+        self.json = fmt == "json"
+        self.fd = _stdout_fd() if fd is None else fd
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._flush_scheduled = False
+        self._second = -1
+        self._stamp = ""
+
+    @classmethod
+    def enabled(cls, fmt: str, wanted: bool) -> AccessLog | None:
+        """An AccessLog if access lines are wanted and LOG_LEVEL lets INFO lines through."""
+        if not wanted or not logging.getLogger(cls.NAME).isEnabledFor(logging.INFO):
+            return None
+        return cls(fmt)
+
+    def write(
+        self,
+        rid: str,
+        client: str,
+        method: str,
+        path: str,
+        http_version: str,
+        route: str,
+        status: int,
+        seconds: float,
+    ) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, as logging's asctime
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        stamp = f"{self._stamp},{int((now - second) * 1000):03d}"
+        ms = seconds * 1000
+        message = f'{client} - "{method} {path} HTTP/{http_version}" {status} {ms:.2f}ms'
+        if self.json:
+            line = orjson.dumps(
+                {
+                    "time": stamp,
+                    "severity": "INFO",
+                    "name": self.NAME,
+                    "message": message,
+                    "request_id": rid,
+                    "client": client,
+                    "method": method,
+                    "path": path,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(ms, 3),
+                },
+                option=orjson.OPT_APPEND_NEWLINE,
+            )
+        else:
+            line = f"{stamp} INFO {self.NAME} [{rid}]: {message}\n".encode()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= 16 * PIPE_BUF:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        lines, self._lines, self._size = self._lines, [], 0
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > PIPE_BUF:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if self.fd is None:  # stdout without a file descriptor (captured in tests)
+                sys.stdout.write(data.decode())
+                sys.stdout.flush()
+                return
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except (OSError, ValueError):
+            pass  # stdout gone (closed pipe): nothing left to tell
+
+
+def _stdout_fd() -> int | None:
+    try:
+        sys.stdout.flush()  # what print() buffered goes first
+        return sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -15,16 +15,19 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model_api import __version__
+from model_api.batching import Batcher
 from model_api.config import ApiSettings
 from model_api.drain import Drain
 from model_api.errors import ModelError, ModelMissingError, install_error_handlers
-from model_api.logging import configure_logging
+from model_api.logging import AccessLog, configure_logging
 from model_api.metrics import Metrics
-from model_api.middleware import FastRoute, FastRoutes, RequestMiddleware
+from model_api.middleware import HotRoutes, RequestMiddleware
 from model_api.model import OnnxModel
 from model_api.routes import health, metrics, seed, v2
 
@@ -51,25 +54,52 @@ def load_model(settings: ApiSettings) -> OnnxModel:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
 
+@dataclass(eq=False)
+class AppState:
+    """`app.state`: what the routes share. Plain attributes: Starlette's State looks each
+    one up through `__getattr__`, a cost the hot path pays several times per request."""
+
+    settings: ApiSettings
+    metrics: Metrics
+    drain: Drain
+    inference_mode: str  # batch, inline or threadpool
+    batcher: Batcher | None = None  # with INFERENCE_MODE=batch
+    model: OnnxModel | None = None
+    load_error: ModelError | None = None
+
+
+class ModelApp(FastAPI):
+    """FastAPI with the front door (middleware.RequestMiddleware) before its whole stack:
+    the hot operations never enter FastAPI, everything else goes through it as usual."""
+
+    state: AppState  # type: ignore[assignment]
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front(scope, receive, send)
+
+    async def behind_front(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: ApiSettings,
     model: OnnxModel | None = None,
     on_load_error: LoadErrorHandler | None = None,
-) -> FastAPI:
+) -> ModelApp:
     """Build the app. `model` may be loaded already (tests); otherwise the lifespan loads
     it from `settings.model_dir` in the background. Either way the app reports ready only
     after a warm-up inference succeeded."""
     app_metrics = Metrics()
     drain = Drain(settings.drain_seconds)
-    fast_routes: FastRoutes = {
-        ("POST", "/predict"): FastRoute(seed.predict, "/predict"),
-        ("POST", "/predict/label"): FastRoute(seed.predict_label, "/predict/label"),
-        ("GET", "/predict/test"): FastRoute(seed.predict_test, "/predict/test"),
-        ("GET", "/predict/test/label"): FastRoute(seed.predict_test_label, "/predict/test/label"),
-    }
+    hot_routes: HotRoutes = dict(seed.HOT_ROUTES)
+    access_log = AccessLog.enabled(settings.log_format, settings.access_log)
 
     def serve(app: FastAPI, loaded: OnnxModel) -> None:
-        fast_routes.update(v2.fast_routes(loaded.name, loaded.version))
+        hot_routes.update(v2.hot_routes(loaded.name, loaded.version))
         app_metrics.model_info.labels(loaded.name, loaded.version, loaded.sha256).set(1)
         app_metrics.load_seconds.set(loaded.load_seconds)
         app.state.model = loaded
@@ -95,6 +125,8 @@ def create_app(
         else:
             task = asyncio.create_task(load_in_background(app))
         yield
+        if access_log is not None:
+            access_log.flush()
         undo_drain()
         app.state.model = None
         if task is not None and not task.done():
@@ -102,7 +134,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(
+    app = ModelApp(
         title="Model-Load API",
         version=__version__,
         description=(
@@ -111,24 +143,26 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.drain = drain
-    app.state.model = None
-    app.state.load_error = None
-    app.state.metrics = app_metrics
-    app.state.inline_inference = settings.inference_mode == "inline"
+    app.state = AppState(
+        settings=settings,
+        metrics=app_metrics,
+        drain=drain,
+        inference_mode=settings.inference_mode,
+        batcher=(
+            Batcher(settings.max_batch_size, app_metrics.call_rows.observe)
+            if settings.inference_mode == "batch"
+            else None
+        ),
+    )
     install_error_handlers(app)
-    app.add_middleware(
-        RequestMiddleware,
+    app.front = RequestMiddleware(
+        app.behind_front,
+        state=app.state,
         metrics=app_metrics,
         max_body_bytes=settings.max_body_bytes,
-        body_timeout=settings.body_timeout_seconds,
-        fast_routes=fast_routes,
-        access_log=settings.access_log,
+        hot_routes=hot_routes,
+        access_log=access_log,
     )
-    # Hot routes first: the router tries routes in order.
-    app.include_router(seed.direct)
-    app.include_router(v2.direct)
     app.include_router(health.router)
     app.include_router(seed.router)
     app.include_router(v2.router)
@@ -144,7 +178,7 @@ def _exit_process(exc: ModelError) -> None:
     os._exit(EXIT_MODEL)
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> ModelApp:
     """uvicorn factory for API_WORKERS > 1: each worker process builds its own app."""
     settings = ApiSettings()
     configure_logging(settings.log_level, settings.log_format)

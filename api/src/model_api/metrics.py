@@ -49,12 +49,20 @@ class Metrics:
         )
         self.inference = Histogram(
             "model_inference_seconds",
-            "ONNX Runtime session.run time per request.",
+            "ONNX Runtime time per request: of the call that served it (with "
+            "INFERENCE_MODE=batch a call may serve several requests).",
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "model_batch_size", "Rows per inference request.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.call_rows = Histogram(
+            "model_call_rows",
+            "Rows per ONNX Runtime call: with INFERENCE_MODE=batch, the rows of all the "
+            "requests that shared it.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.model_info = Gauge(
             "model_info",

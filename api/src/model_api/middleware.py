@@ -1,15 +1,17 @@
-"""One pure-ASGI middleware for every HTTP request: request id, body limit, metrics and
-the access log. Pure ASGI (no BaseHTTPMiddleware) so it costs microseconds per request.
+"""The app's front door: request id, body limit, metrics and the access log for every
+HTTP request, in front of FastAPI's whole stack (see main.ModelApp).
 
-It also dispatches the few hot operations (POST /predict, V2 infer, ...) by exact
-method and path straight to their endpoints: FastAPI's router and per-route machinery
-cost several times a small model's inference. Everything else, including the 404/405
-answers, goes through FastAPI, and OpenAPI describes the same endpoints.
+It also serves the hot operations (POST /predict, V2 infer, ...) itself, by exact method
+and path: their endpoints take a `Call` (the body and the few headers they read) and
+return a `Reply` (the body and its type), with no Starlette request or response object,
+no router, no dependency solving. For a small model those cost several times the
+inference. Everything else, including the 404/405 answers, goes through FastAPI, where
+the same endpoints are also declared (routes.seed, routes.v2), so OpenAPI describes them
+and a V2 path naming another model gets the protocol's 404 there.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import re
@@ -24,43 +26,98 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model_api.errors import ApiError, PayloadTooLargeError, RequestTimeoutError, error_response
-from model_api.logging import request_id
+from model_api.errors import ApiError, PayloadTooLargeError
+from model_api.logging import AccessLog, request_id
 from model_api.metrics import Metrics
 
-access_log = logging.getLogger("model_api.access")
+log = logging.getLogger(__name__)
 
 # Probes and scrapes come every few seconds; their successful lines would drown the rest.
 QUIET_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 # Accepted as given: what tracing systems and proxies send (uuids, hex, base64url-ish).
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 UNMATCHED = "<unmatched>"
+JSON = b"application/json"
 
-Endpoint = Callable[..., Awaitable[Response]]
+
+@dataclass(slots=True)
+class Call:
+    """A request to a hot endpoint: what the endpoints read of it, nothing more."""
+
+    state: Any  # main.AppState: settings, model, metrics, batcher...
+    body: bytes
+    request_id: str
+    path_params: dict[str, str]
+    content_type: str = ""
+    content_encoding: str = "identity"
+    inference_header_length: str | None = None  # the V2 binary extension's header
+
+    @classmethod
+    async def from_request(cls, request: Request) -> Call:
+        """The same, for an endpoint reached through FastAPI's router."""
+        headers = request.headers
+        return cls(
+            state=request.app.state,
+            body=await request.body(),
+            request_id=request_id.get(),
+            path_params=dict(request.path_params),
+            content_type=headers.get("content-type", ""),
+            content_encoding=headers.get("content-encoding", "identity"),
+            inference_header_length=headers.get("inference-header-content-length"),
+        )
+
+
+@dataclass(slots=True)
+class Reply:
+    """A hot endpoint's answer: 200 with this body, labelled with the model's version."""
+
+    body: bytes
+    model_version: str
+    content_type: bytes = JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def response(self) -> Response:
+        """As a Starlette response, for the FastAPI route of the same endpoint."""
+        headers = {k.decode(): v.decode() for k, v in self.headers}
+        headers["x-model-version"] = self.model_version
+        return Response(self.body, media_type=self.content_type.decode(), headers=headers)
+
+
+HotEndpoint = Callable[[Call], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
-class FastRoute:
-    endpoint: Endpoint
+class HotRoute:
+    endpoint: HotEndpoint
     template: str  # the route's path template, as the metrics label it
     path_params: dict[str, str] = field(default_factory=dict)
 
 
-# (method, exact path) -> FastRoute; filled by the app (V2 paths once the model is known).
-FastRoutes = dict[tuple[str, str], FastRoute]
+# (method, exact path) -> HotRoute; filled by the app (V2 paths once the model is known).
+HotRoutes = dict[tuple[str, str], HotRoute]
+
+
+async def via_router(request: Request, endpoint: HotEndpoint) -> Response:
+    """Serve a hot endpoint from its FastAPI route (ApiErrors go to FastAPI's handler)."""
+    return (await endpoint(await Call.from_request(request))).response()
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body arrived (or the body timeout closed it)."""
 
 
 class RequestMiddleware:
     def __init__(
         self,
         app: ASGIApp,
+        state: Any,
         metrics: Metrics,
         max_body_bytes: int,
-        fast_routes: FastRoutes,
-        access_log: bool = True,
-        body_timeout: float = 30.0,
+        hot_routes: HotRoutes,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.app = app
+        self.state = state
         self.access_log = access_log
         # Request ids: a random prefix per process and a counter - unique across workers
         # and pods without a random syscall per request.
@@ -70,8 +127,7 @@ class RequestMiddleware:
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.body_timeout = body_timeout
-        self.fast_routes = fast_routes
+        self.hot_routes = hot_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,78 +136,128 @@ class RequestMiddleware:
         started = time.perf_counter()
         rid = b""
         length = None
+        content_type = b""
+        encoding = b"identity"
+        header_length = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                rid = value
+            if name == b"content-type":
+                content_type = value
             elif name == b"content-length":
                 length = value
+            elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                rid = value
+            elif name == b"content-encoding":
+                encoding = value
+            elif name == b"inference-header-content-length":
+                header_length = value
         if not rid:
-            rid = f"{self._id_prefix}{next(self._ids):016x}".encode()
-        token = request_id.set(rid.decode())
+            rid = b"%s%016x" % (self._id_prefix.encode(), next(self._ids))
+        rid_text = rid.decode()
+        token = request_id.set(rid_text)
         status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
-            await send(message)
-
-        fast = self.fast_routes.get((scope["method"], scope["path"]))
+        hot = self.hot_routes.get((scope["method"], scope["path"]))
         try:
             if length is not None and _too_long(length, self.max_body_bytes):
-                await self._refuse(send_with_id, f"{length.decode(errors='replace')} bytes")
-            elif fast is not None:
-                scope["path_params"] = fast.path_params
-                request = Request(scope, self._counting(receive))
-                try:
-                    response = await fast.endpoint(request, **fast.path_params)
-                except ApiError as exc:
-                    response = error_response(exc)
-                await response(scope, receive, send_with_id)
+                status = await self._refuse(send, rid, f"{length.decode(errors='replace')} bytes")
+            elif hot is not None:
+                call = Call(
+                    self.state,
+                    b"",  # read in _hot
+                    rid_text,
+                    hot.path_params,
+                    content_type.decode("latin-1"),
+                    encoding.decode("latin-1"),
+                    None if header_length is None else header_length.decode("latin-1"),
+                )
+                status = await self._hot(hot, receive, send, rid, call)
             else:
+
+                async def send_with_id(message: Message) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                        message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                    await send(message)
+
                 await self.app(scope, self._counting(receive), send_with_id)
+        except ClientDisconnected:
+            status = 499  # nginx's "client closed request": nobody to answer
         finally:
-            template = fast.template if fast is not None else _template(scope)
-            self._record(scope, template, status, time.perf_counter() - started)
+            template = hot.template if hot is not None else _template(scope)
+            self._record(scope, template, status, time.perf_counter() - started, rid_text)
             request_id.reset(token)
 
+    async def _hot(
+        self, hot: HotRoute, receive: Receive, send: Send, rid: bytes, call: Call
+    ) -> int:
+        try:
+            call.body = await self._body(receive)
+            reply = await hot.endpoint(call)
+        except ApiError as exc:
+            return await send_error(send, rid, exc)
+        except ClientDisconnected:
+            raise
+        except Exception:
+            log.exception("unexpected error serving %s", hot.template)
+            return await send_error(send, rid, ApiError("internal server error"))
+        headers = [
+            (b"content-type", reply.content_type),
+            (b"content-length", b"%d" % len(reply.body)),
+            (b"x-model-version", reply.model_version.encode()),
+            (b"x-request-id", rid),
+            *reply.headers,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+        return 200
+
+    async def _body(self, receive: Receive) -> bytes:
+        """The whole body, at most MAX_BODY_BYTES of it (the protocol bounds the wait)."""
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLargeError(self._too_large())
+            return body
+        parts = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnected
+            part = message.get("body", b"")
+            size += len(part)
+            if size > self.max_body_bytes:
+                raise PayloadTooLargeError(self._too_large())
+            parts.append(part)
+        return b"".join(parts)
+
+    def _too_large(self) -> str:
+        return f"request body exceeds MAX_BODY_BYTES={self.max_body_bytes}"
+
     def _counting(self, receive: Receive) -> Receive:
-        """A receive that refuses to pass on more than MAX_BODY_BYTES of a streamed body,
-        or to wait for it longer than API_BODY_TIMEOUT_SECONDS after the headers."""
+        """A receive that refuses to pass on more than MAX_BODY_BYTES of a streamed body."""
         limit = self.max_body_bytes
         seen = 0
-        deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def counting_receive() -> Message:
             nonlocal seen
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                seconds = f"API_BODY_TIMEOUT_SECONDS={self.body_timeout:g}"
-                raise RequestTimeoutError(f"request body not received within {seconds}") from None
+            message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLargeError(f"request body exceeds MAX_BODY_BYTES={limit}")
+                    raise PayloadTooLargeError(self._too_large())
             return message
 
         return counting_receive
 
-    async def _refuse(self, send: Send, size: str) -> None:
-        body = orjson.dumps(
-            {"error": f"request body of {size} exceeds MAX_BODY_BYTES={self.max_body_bytes}"}
-        )
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, send: Send, rid: bytes, size: str) -> int:
+        message = f"request body of {size} exceeds MAX_BODY_BYTES={self.max_body_bytes}"
+        return await send_error(send, rid, PayloadTooLargeError(message))
 
-    def _record(self, scope: Scope, template: str, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, template: str, status: int, seconds: float, rid: str) -> None:
         method = scope["method"]
         series = self._series.get((method, template, status))
         if series is None:
@@ -163,27 +269,34 @@ class RequestMiddleware:
         series[0].inc()
         series[1].observe(seconds)
         path = scope["path"]
-        if not self.access_log or (status == 200 and path in QUIET_PATHS):
+        if self.access_log is None or (status == 200 and path in QUIET_PATHS):
             return
         client = scope.get("client")
-        host = f"{client[0]}:{client[1]}" if client else "-"
-        access_log.info(
-            '%s - "%s %s HTTP/%s" %d %.2fms',
-            host,
+        self.access_log.write(
+            rid,
+            f"{client[0]}:{client[1]}" if client else "-",
             method,
             path,
             scope.get("http_version", "1.1"),
+            template,
             status,
-            seconds * 1000,
-            extra={
-                "client": host,
-                "method": method,
-                "path": path,
-                "route": template,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-            },
+            seconds,
         )
+
+
+async def send_error(send: Send, rid: bytes, exc: ApiError) -> int:
+    """{"error": message} with the error's status; closes the connection if it must."""
+    body = orjson.dumps({"error": exc.message})
+    headers = [
+        (b"content-type", JSON),
+        (b"content-length", b"%d" % len(body)),
+        (b"x-request-id", rid),
+    ]
+    if exc.close_connection:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return exc.status_code
 
 
 def _template(scope: Scope) -> str:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
 
+# The largest float32: beyond it a value would reach the model as infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 # Strict: JSON numbers only. No booleans, no numeric strings, no NaN/Infinity (Python's
-# json module accepts those literals). Checked in pydantic-core, not per value in Python;
-# errors.describe_errors words the messages ("must be a finite number, got nan").
-Feature = Annotated[float, Strict(), AllowInfNan(False)]
+# json module accepts those literals), nothing float32 cannot hold. Checked in
+# pydantic-core, not per value in Python; errors.describe_errors words the messages
+# ("must be a finite number, got nan").
+Feature = Annotated[float, Strict(), AllowInfNan(False), Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 
 
 class PredictRequest(BaseModel):

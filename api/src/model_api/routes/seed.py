@@ -1,8 +1,9 @@
 """The seed's HTTP contract: /predict, /predict/label, /label, /metadata, /predict/test.
 
-/predict and /predict/label read the body themselves (orjson, then one pydantic-core
-validation) rather than through a FastAPI body parameter: the same checks and messages
-at a fraction of the per-request cost, and a body limit FastAPI cannot turn into a 400.
+The prediction endpoints are hot: the front door (model_api.middleware) calls them with
+a `Call` and sends their `Reply`; the FastAPI routes declared here describe them in
+OpenAPI. They parse and check the body in one pydantic-core pass over the bytes, and
+fall back to a slower pass only to explain a body that fails it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from model_api.dependencies import (
-    DirectRoute,
-    float32_rows,
     infer,
     json_body,
     loaded_model,
@@ -26,6 +25,7 @@ from model_api.dependencies import (
     parse_json,
 )
 from model_api.errors import InvalidInputError, NotFoundError, describe_errors
+from model_api.middleware import Call, HotRoute, HotRoutes, Reply, via_router
 from model_api.model import OnnxModel
 from model_api.schemas import (
     ErrorResponse,
@@ -37,8 +37,6 @@ from model_api.schemas import (
 )
 
 router = APIRouter(tags=["predict"])
-# The prediction routes: endpoints called directly with the request (see DirectRoute).
-direct = APIRouter(tags=["predict"], route_class=DirectRoute)
 
 Model = Annotated[OnnxModel, Depends(model_dependency)]
 EXAMPLE = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
@@ -54,42 +52,52 @@ _BODY = {
 _POST = {"responses": _ERRORS, "openapi_extra": _BODY}
 
 
-def json_response(content: Any, model: OnnxModel) -> Response:
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-        media_type="application/json",
-        headers={"X-Model-Version": model.version},
-    )
+def json_reply(content: Any, model: OnnxModel) -> Reply:
+    return Reply(orjson.dumps(content), model.version)
 
 
-async def _rows(request: Request, model: OnnxModel) -> np.ndarray:
-    json_body(request)
-    no_content_encoding(request)
-    payload = parse_json(await request.body(), EXAMPLE)
+def _rows(call: Call, model: OnnxModel) -> np.ndarray:
+    json_body(call.content_type)
+    no_content_encoding(call.content_encoding)
     try:
-        data = PredictRequest.model_validate(payload).data
-    except ValidationError as exc:
-        raise InvalidInputError(describe_errors(exc.errors())) from None
-    limit = request.app.state.settings.max_batch_size
+        data = PredictRequest.model_validate_json(call.body).data
+    except ValidationError:
+        data = _explain(call.body)
+    limit = call.state.settings.max_batch_size
     if len(data) > limit:
         raise InvalidInputError(f"data: {len(data)} rows exceed MAX_BATCH_SIZE={limit}")
-    for i, row in enumerate(data):
-        if len(row) != model.n_features:
-            raise InvalidInputError(
-                f"data.{i}: has {len(row)} values; the model takes {model.n_features} per row"
-            )
-    return float32_rows(data, "data")
+    try:
+        rows = np.array(data, dtype=np.float32)
+    except ValueError:  # rows of different lengths
+        rows = np.empty((0, 0), dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != model.n_features:
+        for i, row in enumerate(data):
+            if len(row) != model.n_features:
+                raise InvalidInputError(
+                    f"data.{i}: has {len(row)} values; the model takes {model.n_features} per row"
+                )
+    return rows
 
 
-def _probabilities(probabilities: np.ndarray, model: OnnxModel) -> Response:
-    # float64 so the digits are those of the seed (Python's repr of each float32 value).
-    values = probabilities.astype(np.float64)
-    return json_response({"prediction": values[0] if len(values) == 1 else values}, model)
+def _explain(body: bytes) -> list[list[float]]:
+    """Why the body failed validation, in the words of the standard parsers and the
+    schema (malformed JSON, its literals, the field at fault); its data if it did not."""
+    payload = parse_json(body, EXAMPLE)
+    try:
+        return PredictRequest.model_validate(payload).data
+    except ValidationError as exc:
+        raise InvalidInputError(describe_errors(exc.errors())) from None
 
 
-def _labels(probabilities: np.ndarray, model: OnnxModel) -> Response:
+def _probabilities(probabilities: np.ndarray, model: OnnxModel) -> Reply:
+    # Python floats (doubles) of the float32 values: the digits are those of the seed.
+    values = probabilities.tolist()
+    return json_reply({"prediction": values[0] if len(values) == 1 else values}, model)
+
+
+def _labels(probabilities: np.ndarray, model: OnnxModel) -> Reply:
     labels = model.labels_of(probabilities)
-    return json_response({"prediction": labels[0] if len(labels) == 1 else labels}, model)
+    return json_reply({"prediction": labels[0] if len(labels) == 1 else labels}, model)
 
 
 def _sample(model: OnnxModel) -> np.ndarray:
@@ -98,30 +106,53 @@ def _sample(model: OnnxModel) -> np.ndarray:
     return np.asarray(model.sample, dtype=np.float32)
 
 
-@direct.post("/predict", response_model=ProbabilitiesResponse, **_POST)  # type: ignore[arg-type]
-async def predict(request: Request) -> Response:
-    # Checks called directly, not as dependencies: FastAPI's dependency solving costs
-    # more than the inference itself here.
-    model = loaded_model(request)
-    return _probabilities(await infer(request, model, await _rows(request, model)), model)
+async def predict(call: Call) -> Reply:
+    model = loaded_model(call.state)
+    return _probabilities(await infer(call.state, model, _rows(call, model)), model)
 
 
-@direct.post("/predict/label", response_model=LabelResponse, **_POST)  # type: ignore[arg-type]
-async def predict_label(request: Request) -> Response:
-    model = loaded_model(request)
-    return _labels(await infer(request, model, await _rows(request, model)), model)
+async def predict_label(call: Call) -> Reply:
+    model = loaded_model(call.state)
+    return _labels(await infer(call.state, model, _rows(call, model)), model)
 
 
-@direct.get("/predict/test", response_model=ProbabilitiesResponse, responses=_ERRORS)
-async def predict_test(request: Request) -> Response:
-    model = loaded_model(request)
-    return _probabilities(await infer(request, model, _sample(model)), model)
+async def predict_test(call: Call) -> Reply:
+    model = loaded_model(call.state)
+    return _probabilities(await infer(call.state, model, _sample(model)), model)
 
 
-@direct.get("/predict/test/label", response_model=LabelResponse, responses=_ERRORS)
-async def predict_test_label(request: Request) -> Response:
-    model = loaded_model(request)
-    return _labels(await infer(request, model, _sample(model)), model)
+async def predict_test_label(call: Call) -> Reply:
+    model = loaded_model(call.state)
+    return _labels(await infer(call.state, model, _sample(model)), model)
+
+
+HOT_ROUTES: HotRoutes = {
+    ("POST", "/predict"): HotRoute(predict, "/predict"),
+    ("POST", "/predict/label"): HotRoute(predict_label, "/predict/label"),
+    ("GET", "/predict/test"): HotRoute(predict_test, "/predict/test"),
+    ("GET", "/predict/test/label"): HotRoute(predict_test_label, "/predict/test/label"),
+}
+
+
+# The same operations as FastAPI routes: for OpenAPI (the front door answers first).
+@router.post("/predict", response_model=ProbabilitiesResponse, **_POST)  # type: ignore[arg-type]
+async def predict_route(request: Request) -> Response:
+    return await via_router(request, predict)
+
+
+@router.post("/predict/label", response_model=LabelResponse, **_POST)  # type: ignore[arg-type]
+async def predict_label_route(request: Request) -> Response:
+    return await via_router(request, predict_label)
+
+
+@router.get("/predict/test", response_model=ProbabilitiesResponse, responses=_ERRORS)
+async def predict_test_route(request: Request) -> Response:
+    return await via_router(request, predict_test)
+
+
+@router.get("/predict/test/label", response_model=LabelResponse, responses=_ERRORS)
+async def predict_test_label_route(request: Request) -> Response:
+    return await via_router(request, predict_test_label)
 
 
 @router.get("/label")

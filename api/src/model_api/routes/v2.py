@@ -19,22 +19,19 @@ from pydantic import TypeAdapter, ValidationError
 
 from model_api import __version__
 from model_api.dependencies import (
-    DirectRoute,
-    float32_rows,
     infer,
     loaded_model,
+    media_type,
     no_content_encoding,
     parse_json,
 )
 from model_api.errors import (
     BadRequestError,
-    InvalidInputError,
     NotFoundError,
     UnsupportedMediaError,
     describe_errors,
 )
-from model_api.logging import request_id
-from model_api.middleware import FastRoute, FastRoutes
+from model_api.middleware import Call, HotRoute, HotRoutes, Reply, via_router
 from model_api.model import OnnxModel
 from model_api.schemas import (
     ErrorResponse,
@@ -49,8 +46,6 @@ from model_api.schemas import (
 )
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-# Inference: endpoints called directly with the request and path (see DirectRoute).
-direct = APIRouter(prefix="/v2", tags=["v2"], route_class=DirectRoute)
 
 SERVER_NAME = "model-load-api"
 PROBABILITIES = "probabilities"
@@ -71,26 +66,22 @@ _BODY = {
 _MEDIA_TYPES = ("", "application/json", "application/octet-stream")
 
 
-def served_model(request: Request, name: str) -> OnnxModel:
+def served_model(state: Any, name: str) -> OnnxModel:
     """The model, if the path names it."""
-    model = loaded_model(request)
+    model = loaded_model(state)
     if name != model.name:
         raise NotFoundError(f"model {name!r} not found; this server serves {model.name!r}")
     return model
 
 
-def served_version(request: Request, name: str, version: str) -> OnnxModel:
+def served_version(state: Any, name: str, version: str) -> OnnxModel:
     """The model, if the path names it and its version."""
-    model = served_model(request, name)
+    model = served_model(state, name)
     if version != model.version:
         raise NotFoundError(
             f"model {model.name!r} has no version {version!r}; it serves {model.version!r}"
         )
     return model
-
-
-# Resolved inside the endpoints (plain calls): FastAPI's dependency solving costs more
-# than a small model's inference.
 
 
 def _outputs(model: OnnxModel) -> list[TensorMetadata]:
@@ -109,12 +100,12 @@ async def server_metadata() -> V2ServerMetadata:
 
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses=_ERRORS)
 async def model_metadata(request: Request, name: str) -> V2ModelMetadata:
-    return _metadata(served_model(request, name))
+    return _metadata(served_model(request.app.state, name))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=_ERRORS)
 async def model_version_metadata(request: Request, name: str, version: str) -> V2ModelMetadata:
-    return _metadata(served_version(request, name, version))
+    return _metadata(served_version(request.app.state, name, version))
 
 
 def _metadata(model: OnnxModel) -> V2ModelMetadata:
@@ -131,62 +122,71 @@ def _metadata(model: OnnxModel) -> V2ModelMetadata:
 
 @router.get("/models/{name}/ready", response_model=V2ModelReady, responses=_ERRORS)
 async def model_ready(request: Request, name: str) -> V2ModelReady:
-    return V2ModelReady(name=served_model(request, name).name, ready=True)
+    return V2ModelReady(name=served_model(request.app.state, name).name, ready=True)
 
 
 @router.get(
     "/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses=_ERRORS
 )
 async def model_version_ready(request: Request, name: str, version: str) -> V2ModelReady:
-    return V2ModelReady(name=served_version(request, name, version).name, ready=True)
+    return V2ModelReady(name=served_version(request.app.state, name, version).name, ready=True)
 
 
 _INFER = {"response_model": V2InferResponse, "responses": _ERRORS, "openapi_extra": _BODY}
 
 
-@direct.post("/models/{name}/infer", **_INFER)  # type: ignore[arg-type]
+async def infer_latest(call: Call) -> Reply:
+    return await _infer(call, served_model(call.state, call.path_params["name"]))
+
+
+async def infer_version(call: Call) -> Reply:
+    params = call.path_params
+    return await _infer(call, served_version(call.state, params["name"], params["version"]))
+
+
+# The same operations as FastAPI routes: for OpenAPI, and for paths that name another
+# model or version (404) or arrive before the model is loaded (503).
+@router.post("/models/{name}/infer", **_INFER)  # type: ignore[arg-type]
 async def model_infer(request: Request, name: str) -> Response:
-    return await _infer(request, served_model(request, name))
+    return await via_router(request, infer_latest)
 
 
-@direct.post("/models/{name}/versions/{version}/infer", **_INFER)  # type: ignore[arg-type]
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)  # type: ignore[arg-type]
 async def model_version_infer(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, served_version(request, name, version))
+    return await via_router(request, infer_version)
 
 
-def fast_routes(name: str, version: str) -> FastRoutes:
-    """Exact paths of the served model's infer operations, for RequestMiddleware."""
+def hot_routes(name: str, version: str) -> HotRoutes:
+    """Exact paths of the served model's infer operations, for the front door."""
     return {
-        ("POST", f"/v2/models/{name}/infer"): FastRoute(
-            model_infer, "/v2/models/{name}/infer", {"name": name}
+        ("POST", f"/v2/models/{name}/infer"): HotRoute(
+            infer_latest, "/v2/models/{name}/infer", {"name": name}
         ),
-        ("POST", f"/v2/models/{name}/versions/{version}/infer"): FastRoute(
-            model_version_infer,
+        ("POST", f"/v2/models/{name}/versions/{version}/infer"): HotRoute(
+            infer_version,
             "/v2/models/{name}/versions/{version}/infer",
             {"name": name, "version": version},
         ),
     }
 
 
-async def _infer(request: Request, model: OnnxModel) -> Response:
-    no_content_encoding(request)
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type not in _MEDIA_TYPES and not media_type.endswith("+json"):
+async def _infer(call: Call, model: OnnxModel) -> Reply:
+    no_content_encoding(call.content_encoding)
+    kind = media_type(call.content_type)
+    if kind not in _MEDIA_TYPES and not kind.endswith("+json"):
         raise UnsupportedMediaError(
             f"Content-Type must be application/json (or application/octet-stream with "
-            f"Inference-Header-Content-Length), got {media_type!r}"
+            f"Inference-Header-Content-Length), got {kind!r}"
         )
-    body = await request.body()
-    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-    payload = parse_json(header, '{"inputs": [{"name": ..., "shape": ..., ...}]}')
+    header, binary = _split(call.body, call.inference_header_length)
     try:
-        req = V2InferRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise BadRequestError(describe_errors(exc.errors())) from None
+        req = V2InferRequest.model_validate_json(header)
+    except ValidationError:
+        req = _explain(header)
 
-    rows = _input_rows(req, binary, model, request.app.state.settings.max_batch_size)
+    rows = _input_rows(req, binary, model, call.state.settings.max_batch_size)
     wanted = _wanted_outputs(req)
-    probabilities = await infer(request, model, rows)
+    probabilities = await infer(call.state, model, rows)
 
     outputs: list[dict[str, Any]] = []
     buffers: list[bytes] = []
@@ -198,7 +198,7 @@ async def _infer(request: Request, model: OnnxModel) -> Response:
             if as_binary:
                 buffers.append(raw.tobytes())
             else:
-                tensor["data"] = raw.reshape(-1).astype(np.float64)
+                tensor["data"] = raw.reshape(-1).tolist()
         else:
             labels = model.labels_of(probabilities)
             tensor = {"name": name, "datatype": "BYTES", "shape": [len(labels)]}
@@ -213,17 +213,28 @@ async def _infer(request: Request, model: OnnxModel) -> Response:
     content = {
         "model_name": model.name,
         "model_version": model.version,
-        "id": req.id if req.id is not None else request_id.get(),
+        "id": req.id if req.id is not None else call.request_id,
         "outputs": outputs,
     }
-    head = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-    headers = {"X-Model-Version": model.version}
+    head = orjson.dumps(content)
     if not buffers:
-        return Response(head, media_type="application/json", headers=headers)
-    headers["Inference-Header-Content-Length"] = str(len(head))
-    return Response(
-        b"".join([head, *buffers]), media_type="application/octet-stream", headers=headers
+        return Reply(head, model.version)
+    return Reply(
+        b"".join([head, *buffers]),
+        model.version,
+        content_type=b"application/octet-stream",
+        headers=((b"inference-header-content-length", b"%d" % len(head)),),
     )
+
+
+def _explain(header: bytes) -> V2InferRequest:
+    """Why the request failed validation, in the words of the standard parsers and the
+    schema; the request if it did not (see routes.seed)."""
+    payload = parse_json(header, '{"inputs": [{"name": ..., "shape": ..., ...}]}')
+    try:
+        return V2InferRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequestError(describe_errors(exc.errors())) from None
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -281,10 +292,7 @@ def _json_values(tensor: V2RequestInput, where: str) -> np.ndarray:
         raise BadRequestError(f"{where}.data: {describe_errors(exc.errors())}") from None
     if adapter is _NESTED and len({len(row) for row in values}) > 1:
         raise BadRequestError(f"{where}.data: rows of different lengths")
-    try:
-        return float32_rows(values, f"{where}.data").reshape(-1)
-    except InvalidInputError as exc:  # the protocol's status for any bad input is 400
-        raise BadRequestError(exc.message) from None
+    return np.array(values, dtype=np.float32).reshape(-1)
 
 
 def _binary_values(tensor: V2RequestInput, binary: bytes, where: str) -> np.ndarray:
@@ -297,7 +305,7 @@ def _binary_values(tensor: V2RequestInput, binary: bytes, where: str) -> np.ndar
             f"{len(binary)} bytes after the JSON header (FP32: 4 bytes per value)"
         )
     values = np.frombuffer(binary, dtype="<f4")
-    if not np.isfinite(values).all():
+    if not np.isfinite(values).all():  # (JSON values are checked by the schema)
         raise BadRequestError(f"{where}: binary data holds NaN or infinite values")
     return values
 
