@@ -36,6 +36,7 @@ import requests
 import urllib3
 
 from model_loader.errors import (
+    DESTINATION_ERRNOS,
     DestinationError,
     IntegrityError,
     LoaderError,
@@ -50,17 +51,6 @@ MIB = 1 << 20
 _READ_BUFFER = MIB
 _HASH_BUFFER = 4 * MIB
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-# Write failures that are the volume's fault, not the source's. EFBIG: a file-size
-# limit (RLIMIT_FSIZE, some quota systems).
-DESTINATION_ERRNOS = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EFBIG,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-}
-
 Progress = Callable[[int], None]
 
 
