@@ -264,7 +264,7 @@ class Downloader:
                 # The last few free buffers are kept for the slices being hashed.
                 if len(self._free) > (0 if hashing else _RESERVED):
                     return self._free.pop()
-                if self._buffers < self._pool_size or hashing:
+                if self._buffers < self._pool_size - _RESERVED or hashing:
                     self._buffers += 1
                     break
                 self._room.wait(0.05)
