@@ -8,6 +8,8 @@ concurrent ranges and a fault lands in the middle of one.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import resource
 import signal
@@ -17,9 +19,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import google_crc32c
 import pytest
+import requests
 
+from model_loader.transfer import Downloader, Job, TransferSettings
 from tests.conftest import MODEL_V1, free_port
 from tests.integration.conftest import BUCKET, FakeGcs, run_loader
 from tests.integration.faultproxy import Fault, FaultProxy
@@ -268,3 +274,33 @@ def test_kill_9_mid_download_then_rerun_succeeds_without_litter(
     result = run_loader(env(proxy, tmp_path))
     assert_published(result, tmp_path, fault_data)
     assert "left by an interrupted run" in result.stderr
+
+
+@pytest.mark.parametrize("direct_io", [True, False], ids=["o_direct", "page_cache"])
+def test_downloader_with_a_small_pool_writes_and_hashes_every_byte(
+    proxy: FaultProxy, fault_data: Path, tmp_path: Path, direct_io: bool
+) -> None:
+    # Four workers, 1 MiB slices and a pool of four 1 MiB buffers: workers wait for the
+    # hashing, the slice being hashed borrows beyond the pool, a reset drops a block.
+    proxy.faults = [Fault(match="model.onnx", reset_after=600_000, times=1)]
+    data = source_bytes(fault_data)
+    name = quote("big/v1/model.onnx", safe="")
+    job = Job(
+        url=f"{proxy.url}/download/storage/v1/b/{BUCKET}/o/{name}?alt=media",
+        dest=tmp_path / "model.onnx",
+        size=len(data),
+        label="model.onnx",
+        crc32c=base64.b64encode(google_crc32c.Checksum(data).digest()).decode(),
+    )
+    settings = TransferSettings(
+        workers=4,
+        slice_bytes=1 << 20,
+        buffer_bytes=4 << 20,
+        backoff_initial=0.05,
+        direct_io=direct_io,
+    )
+    with requests.Session() as session:
+        sha256 = Downloader(session, settings).fetch(job)
+    assert sha256 == hashlib.sha256(data).hexdigest()
+    assert job.dest.read_bytes() == data  # the padded last block was cut back to size
+    assert len(proxy.media_requests()) == 6 + 1  # six slices, one of them retried
