@@ -275,7 +275,10 @@ class Downloader:
         with self._room:
             if self._buffers > self._pool_size:
                 self._buffers -= 1  # lent to the slice being hashed beyond the pool
-                buffer.close()
+                # A failed read's traceback may still hold a view of it: then it is
+                # freed with the traceback instead.
+                with contextlib.suppress(BufferError):
+                    buffer.close()
             else:
                 self._free.append(buffer)
             self._room.notify()  # only workers outside the slice being hashed wait
