@@ -87,3 +87,32 @@ def test_runtime_images_carry_no_installer_or_compiler_and_run_unprivileged(
     compilers = re.compile(r"(usr/)?(local/)?bin/(gcc|cc|g\+\+|c\+\+|clang)(-[\d.]+)?$")
     assert not [n for n in names if compilers.match(n)]
     assert not [n for n in names if "/.cache/pip" in n or n.startswith("root/.cache")]
+
+
+def test_loader_runs_from_bytecode_compiled_at_build_time(built_images: None) -> None:
+    # The root filesystem is read-only at run time (readOnlyRootFilesystem), so bytecode
+    # missing from the image would be compiled again at every start, from source.
+    imports = "import model_loader.__main__, model_loader.sources.gcs, model_loader.sources.http"
+    image = f"model-load/loader:{TAG}"
+    trace = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--read-only",
+            "--entrypoint",
+            "python3",
+            image,
+            "-v",
+            "-c",
+            imports,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    loaded = [
+        line.split(" from ", 1)[1] for line in trace.splitlines() if "# code object from" in line
+    ]
+    assert len(loaded) > 100, trace[-2000:]
+    assert [path for path in loaded if not path.strip("'").endswith(".pyc")] == []

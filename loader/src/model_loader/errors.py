@@ -17,6 +17,14 @@ Library exceptions are translated where they enter the loader (`raise ... from e
 
 from __future__ import annotations
 
+import errno
+
+# Write failures that are the volume's fault, not the source's (DestinationError).
+# EFBIG: a file-size limit (RLIMIT_FSIZE, some quota systems).
+DESTINATION_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
 
 class LoaderError(Exception):
     exit_code = 1

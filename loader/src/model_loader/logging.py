@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from pythonjsonlogger.json import JsonFormatter
-
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -14,6 +12,8 @@ JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter  # only when asked for: start-up time
+
         handler.setFormatter(
             JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "severity", "asctime": "time"})
         )

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from model_loader import __version__
 from model_loader.config import LoaderSettings
 from model_loader.errors import (
+    DESTINATION_ERRNOS,
     ConfigError,
     DestinationError,
     IntegrityError,
@@ -40,7 +41,6 @@ from model_loader.errors import (
 )
 from model_loader.progress import Progress
 from model_loader.sources.base import RemoteObject, Source
-from model_loader.transfer import DESTINATION_ERRNOS
 
 log = logging.getLogger(__name__)
 

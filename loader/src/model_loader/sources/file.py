@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from model_loader.config import LoaderSettings
 from model_loader.errors import ConfigError, ObjectNotFoundError, PermissionDeniedError
 from model_loader.sources.base import RemoteObject
-from model_loader.transfer import Progress
 
 
 class FileSource:
@@ -39,7 +39,9 @@ class FileSource:
             name=name, uri=path.as_uri(), size=stat.st_size, generation=str(stat.st_mtime_ns)
         )
 
-    def download(self, obj: RemoteObject, dest: Path, progress: Progress) -> str | None:
+    def download(
+        self, obj: RemoteObject, dest: Path, progress: Callable[[int], None]
+    ) -> str | None:
         src = self.root if self.root.is_file() else self.root / obj.name
         try:
             shutil.copyfile(src, dest)
