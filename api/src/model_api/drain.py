@@ -18,6 +18,7 @@ works with one worker and with several. Signals are per process, and so is this 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
@@ -49,8 +50,12 @@ class Drain:
                 self._forward(previous, sig)  # a second signal: stop now
                 return
             self.draining = True
-            # Only thread-safe calls from a signal handler: the loop runs this one later.
-            loop.call_soon_threadsafe(self._start, previous, sig, loop)
+            # Only thread-safe calls from a signal handler: the loop runs this one later,
+            # in an empty context: the signal interrupts whichever request was running,
+            # and the drain's lines must not carry that request's id.
+            loop.call_soon_threadsafe(
+                self._start, previous, sig, loop, context=contextvars.Context()
+            )
 
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, handler)
