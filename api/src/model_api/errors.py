@@ -95,7 +95,8 @@ def _message(error: dict[str, Any]) -> str:
         return f"must be a number, got {type(value).__name__}"
     if kind == "finite_number":
         return f"must be a finite number, got {value}"
-    bound = (error.get("ctx") or {}).get("le", (error.get("ctx") or {}).get("ge"))
+    context = error.get("ctx") or {}
+    bound = context.get("le", context.get("ge"))
     if kind in ("less_than_equal", "greater_than_equal") and abs(bound or 0) == FLOAT32_MAX:
         return f"out of the model's float32 range (|x| <= 3.4e38), got {value}"
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")

@@ -14,7 +14,6 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from model_api.dependencies import (
     infer,
@@ -22,9 +21,9 @@ from model_api.dependencies import (
     loaded_model,
     model_dependency,
     no_content_encoding,
-    parse_json,
+    parse_body,
 )
-from model_api.errors import InvalidInputError, NotFoundError, describe_errors
+from model_api.errors import InvalidInputError, NotFoundError
 from model_api.middleware import Call, HotRoute, HotRoutes, Reply, via_router
 from model_api.model import OnnxModel
 from model_api.schemas import (
@@ -59,10 +58,7 @@ def json_reply(content: Any, model: OnnxModel) -> Reply:
 def _rows(call: Call, model: OnnxModel) -> np.ndarray:
     json_body(call.content_type)
     no_content_encoding(call.content_encoding)
-    try:
-        data = PredictRequest.model_validate_json(call.body).data
-    except ValidationError:
-        data = _explain(call.body)
+    data = parse_body(PredictRequest, call.body, EXAMPLE, InvalidInputError).data
     limit = call.state.settings.max_batch_size
     if len(data) > limit:
         raise InvalidInputError(f"data: {len(data)} rows exceed MAX_BATCH_SIZE={limit}")
@@ -77,16 +73,6 @@ def _rows(call: Call, model: OnnxModel) -> np.ndarray:
                     f"data.{i}: has {len(row)} values; the model takes {model.n_features} per row"
                 )
     return rows
-
-
-def _explain(body: bytes) -> list[list[float]]:
-    """Why the body failed validation, in the words of the standard parsers and the
-    schema (malformed JSON, its literals, the field at fault); its data if it did not."""
-    payload = parse_json(body, EXAMPLE)
-    try:
-        return PredictRequest.model_validate(payload).data
-    except ValidationError as exc:
-        raise InvalidInputError(describe_errors(exc.errors())) from None
 
 
 def _probabilities(probabilities: np.ndarray, model: OnnxModel) -> Reply:

@@ -23,7 +23,7 @@ from model_api.dependencies import (
     loaded_model,
     media_type,
     no_content_encoding,
-    parse_json,
+    parse_body,
 )
 from model_api.errors import (
     BadRequestError,
@@ -64,6 +64,7 @@ _BODY = {
 }
 # The media types the protocol's clients send: tritonclient sends none at all.
 _MEDIA_TYPES = ("", "application/json", "application/octet-stream")
+V2_EXAMPLE = '{"inputs": [{"name": ..., "shape": ..., ...}]}'
 
 
 def served_model(state: Any, name: str) -> OnnxModel:
@@ -179,10 +180,7 @@ async def _infer(call: Call, model: OnnxModel) -> Reply:
             f"Inference-Header-Content-Length), got {kind!r}"
         )
     header, binary = _split(call.body, call.inference_header_length)
-    try:
-        req = V2InferRequest.model_validate_json(header)
-    except ValidationError:
-        req = _explain(header)
+    req = parse_body(V2InferRequest, header, V2_EXAMPLE, BadRequestError)
 
     rows = _input_rows(req, binary, model, call.state.settings.max_batch_size)
     wanted = _wanted_outputs(req)
@@ -225,16 +223,6 @@ async def _infer(call: Call, model: OnnxModel) -> Reply:
         content_type=b"application/octet-stream",
         headers=((b"inference-header-content-length", b"%d" % len(head)),),
     )
-
-
-def _explain(header: bytes) -> V2InferRequest:
-    """Why the request failed validation, in the words of the standard parsers and the
-    schema; the request if it did not (see routes.seed)."""
-    payload = parse_json(header, '{"inputs": [{"name": ..., "shape": ..., ...}]}')
-    try:
-        return V2InferRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise BadRequestError(describe_errors(exc.errors())) from None
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
