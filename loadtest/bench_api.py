@@ -6,8 +6,9 @@ Starts everything on 127.0.0.1 (free ports) and drives it with wrk (a native loa
 generator; Debian: `apt-get install -y wrk`) at 16 connections, a warm-up, then >= 10 s
 per scenario:
 
-  (a) HTTP ceiling: a bare ASGI app under the same uvicorn settings as the API, reading
-      the same POST body and returning a fixed small JSON body;
+  (a) HTTP ceiling: a bare ASGI app under the same uvicorn settings as the API (its
+      protocol class, keep-alive, concurrency limit: model_api.__main__.uvicorn_options),
+      reading the same POST body and returning a fixed small JSON body;
   (b) compute ceiling: ONNX Runtime `session.run` on one row in a loop, in process; and
       the same with the CPU caches flushed between runs, as serving HTTP does;
   a reference: FastAPI with one route returning the same fixed body (the framework's cost);
@@ -50,9 +51,20 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 ROWS_32 = [[5.1 + i * 0.05, 3.5, 1.4 + i * 0.15, 0.2 + i * 0.07] for i in range(32)]
 V2_PATH = "/v2/models/iris_svc/versions/v1/infer"
 
+# How the reference apps run: under uvicorn with the API's own settings (its protocol
+# class, keep-alive, concurrency limit...), on 127.0.0.1 at the port given.
+RUN_LIKE_THE_API = """
+from model_api.__main__ import uvicorn_options
+from model_api.config import ApiSettings
+
+options = {**uvicorn_options(ApiSettings()), "host": "127.0.0.1", "port": int(sys.argv[1])}
+uvicorn.run(app, workers=1, **options)
+"""
+
 # The bare app (a): what uvicorn + httptools + uvloop can do with no framework at all.
-BARE_APP = textwrap.dedent(
-    """
+BARE_APP = (
+    textwrap.dedent(
+        """
     import sys, uvicorn
 
     BODY = b'{"prediction":[0.9714092016220093,0.015860972926020622,0.012729969806969166]}'
@@ -67,16 +79,16 @@ BARE_APP = textwrap.dedent(
             more = message.get("more_body", False)
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         await send({"type": "http.response.body", "body": BODY})
-
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_config=None,
-                access_log=False, timeout_keep_alive=5, server_header=False)
     """
+    )
+    + RUN_LIKE_THE_API
 )
 
 # A reference point between (a) and the API: FastAPI itself, one route returning the same
 # bytes, so the table shows what the framework costs before any of our code runs.
-FASTAPI_APP = textwrap.dedent(
-    """
+FASTAPI_APP = (
+    textwrap.dedent(
+        """
     import sys, uvicorn
     from fastapi import FastAPI, Request, Response
 
@@ -87,10 +99,9 @@ FASTAPI_APP = textwrap.dedent(
     async def predict(request: Request) -> Response:
         await request.body()
         return Response(BODY, media_type="application/json")
-
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_config=None,
-                access_log=False, timeout_keep_alive=5, server_header=False)
     """
+    )
+    + RUN_LIKE_THE_API
 )
 
 # wrk: POST a fixed body; print the summary as one JSON line at the end.

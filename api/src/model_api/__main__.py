@@ -20,7 +20,7 @@ from uvicorn.supervisors import Multiprocess
 from model_api.config import ApiSettings
 from model_api.errors import ModelError
 from model_api.logging import configure_logging
-from model_api.main import EXIT_MODEL, create_app, load_model
+from model_api.main import EXIT_MODEL, create_app, load_model, served
 from model_api.protocol import guarded_protocol
 
 log = logging.getLogger("model_api")
@@ -36,18 +36,7 @@ def main() -> None:
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format)
 
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": False,  # model_api.access writes them, with the request id
-        "timeout_keep_alive": settings.keep_alive_seconds,
-        # httptools' protocol plus a header read timeout and a gentler shutdown.
-        "http": guarded_protocol(settings.header_timeout_seconds, settings.body_timeout_seconds),
-        "limit_concurrency": settings.limit_concurrency or None,
-        "timeout_graceful_shutdown": 20,
-        "server_header": False,
-    }
+    common = uvicorn_options(settings)
     if settings.workers == 1:
         sys.exit(_serve_one(settings, common))
 
@@ -74,6 +63,23 @@ def main() -> None:
         "model_api.main:app_from_env", factory=True, workers=settings.workers, **common
     )
     Supervisor(config, sockets=[config.bind_socket()]).run()
+
+
+def uvicorn_options(settings: ApiSettings) -> dict[str, Any]:
+    """The uvicorn settings the API runs with (bench_api runs its reference apps with
+    the same, so that they measure the same HTTP stack)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,  # model_api.access writes them, with the request id
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        # httptools' protocol plus a header read timeout and a gentler shutdown.
+        "http": guarded_protocol(settings.header_timeout_seconds, settings.body_timeout_seconds),
+        "limit_concurrency": settings.limit_concurrency or None,
+        "timeout_graceful_shutdown": 20,
+        "server_header": False,
+    }
 
 
 class Supervisor(Multiprocess):
@@ -113,7 +119,7 @@ def _serve_one(settings: ApiSettings, common: dict[str, Any]) -> int:
             server.should_exit = True
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, on_load_error=on_load_error), **common)
+        uvicorn.Config(served(create_app(settings, on_load_error=on_load_error)), **common)
     )
     server.run()
     return EXIT_MODEL if failed else 0
