@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from model_api.deferred import FLUSH_SECONDS
 from tests.conftest import MODEL_V1, SETOSA, VIRGINICA, free_port
 from tests.integration.conftest import (
     ApiServer,
@@ -187,14 +189,29 @@ def test_json_access_log_carries_the_request_id(start_api: StartApi) -> None:
 
 def test_metrics_add_up_across_workers(loaded_model_dir: Path, start_api: StartApi) -> None:
     server = start_api(loaded_model_dir, API_WORKERS="2")
-    for _ in range(20):  # a new connection each time: the kernel spreads them over workers
-        httpx.post(f"{server.url}/predict", json={"data": [SETOSA]})
-    key = ("http_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "200")))
-    # Any worker may answer the scrape; each reads every worker's files.
-    for _ in range(3):
+    # A new connection each time: the kernel spreads them over the workers. (A worker
+    # still warming up when the first answered /ready says 503: counted as such.)
+    statuses = Counter(
+        httpx.post(f"{server.url}/predict", json={"data": [SETOSA]}).status_code for _ in range(20)
+    )
+    assert statuses[200] >= 10, statuses
+
+    def key(status: int) -> tuple[str, tuple[tuple[str, str], ...]]:
+        labels = (("method", "POST"), ("route", "/predict"), ("status", str(status)))
+        return ("http_requests_total", labels)
+
+    def counted() -> dict[int, float]:
         metrics = samples(server.url)
-        assert metrics[key] == 20
-    assert sum(1 for k in metrics if k[0] == "model_info") == 1
+        return {status: metrics.get(key(status), 0.0) for status in statuses}
+
+    # Any worker may answer the scrape; each reads every worker's files, which a worker
+    # brings up to date within FLUSH_SECONDS of a request (the answering one at once).
+    deadline = time.monotonic() + 20 * FLUSH_SECONDS
+    while counted() != statuses and time.monotonic() < deadline:
+        time.sleep(FLUSH_SECONDS / 2)
+    for _ in range(3):
+        assert counted() == statuses
+    assert sum(1 for k in samples(server.url) if k[0] == "model_info") == 1
 
 
 # -- readiness and start-up failures -------------------------------------------------------

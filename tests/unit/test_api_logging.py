@@ -17,7 +17,8 @@ RID = "c4558330bb10f6540000000000000001"
 def write_lines(log: AccessLog, count: int) -> None:
     async def main() -> None:
         for i in range(count):
-            log.write(RID, "127.0.0.1:5000", "POST", f"/predict/{i}", "1.1", "/predict", 200, 5e-4)
+            path = f"/predict/{i}"
+            log.write(RID, ("127.0.0.1", 5000), "POST", path, "1.1", "/predict", 200, 5e-4)
         log.flush()
 
     asyncio.run(main())
@@ -77,7 +78,7 @@ def test_lines_are_written_soon_without_a_flush() -> None:
     log = AccessLog("text", fd=w)
 
     async def main() -> None:
-        log.write(RID, "-", "GET", "/label", "1.1", "/label", 200, 1e-4)
+        log.write(RID, None, "GET", "/label", "1.1", "/label", 200, 1e-4)
         await asyncio.sleep(AccessLog.FLUSH_SECONDS * 4)
 
     asyncio.run(main())

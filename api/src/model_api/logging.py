@@ -7,19 +7,24 @@ the route and the duration, which uvicorn's cannot), through `AccessLog`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 import time
 from contextvars import ContextVar
 from select import PIPE_BUF
+from typing import Any
 
 import orjson
 from pythonjsonlogger.json import JsonFormatter
 
+from model_api.deferred import FLUSH_SECONDS, Deferred
+
 # The current request's id; "-" outside a request (start-up, shutdown).
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+# (time, request id, client, method, path, HTTP version, route, status, seconds)
+_AccessRecord = tuple[Any, ...]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
@@ -56,21 +61,20 @@ class AccessLog:
     without the logging module's per-record cost (a LogRecord, filters, handlers and a
     formatter: about 13 µs, as much as the rest of a small model's request).
 
-    Lines are collected and written to stdout at most FLUSH_SECONDS later, in writes of at
-    most PIPE_BUF bytes of whole lines, so that lines from several worker processes on one
-    pipe never interleave. `flush()` at shutdown writes the rest; a process killed with
-    SIGKILL loses at most FLUSH_SECONDS of access lines.
+    A request only appends its facts (model_api.deferred); the lines are formatted and
+    written to stdout at most FLUSH_SECONDS later, in writes of at most PIPE_BUF bytes of
+    whole lines, so that lines from several worker processes on one pipe never interleave.
+    `flush()` at shutdown writes the rest; a process killed with SIGKILL loses at most
+    FLUSH_SECONDS of access lines.
     """
 
-    FLUSH_SECONDS = 0.05
+    FLUSH_SECONDS = FLUSH_SECONDS
     NAME = "model_api.access"
 
     def __init__(self, fmt: str, fd: int | None = None) -> None:
         self.json = fmt == "json"
         self.fd = _stdout_fd() if fd is None else fd
-        self._lines: list[bytes] = []
-        self._size = 0
-        self._flush_scheduled = False
+        self._pending: Deferred[_AccessRecord] = Deferred(self._write_lines)
         self._second = -1
         self._stamp = ""
 
@@ -84,7 +88,7 @@ class AccessLog:
     def write(
         self,
         rid: str,
-        client: str,
+        client: tuple[str, int] | None,
         method: str,
         path: str,
         http_version: str,
@@ -92,47 +96,19 @@ class AccessLog:
         status: int,
         seconds: float,
     ) -> None:
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # strftime once a second, as logging's asctime
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        stamp = f"{self._stamp},{int((now - second) * 1000):03d}"
-        ms = seconds * 1000
-        message = f'{client} - "{method} {path} HTTP/{http_version}" {status} {ms:.2f}ms'
-        if self.json:
-            line = orjson.dumps(
-                {
-                    "time": stamp,
-                    "severity": "INFO",
-                    "name": self.NAME,
-                    "message": message,
-                    "request_id": rid,
-                    "client": client,
-                    "method": method,
-                    "path": path,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(ms, 3),
-                },
-                option=orjson.OPT_APPEND_NEWLINE,
-            )
-        else:
-            line = f"{stamp} INFO {self.NAME} [{rid}]: {message}\n".encode()
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= 16 * PIPE_BUF:
-            self.flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+        """One request's line, stamped now, written soon."""
+        self._pending.add(
+            (time.time(), rid, client, method, path, http_version, route, status, seconds)
+        )
 
     def flush(self) -> None:
-        self._flush_scheduled = False
-        lines, self._lines, self._size = self._lines, [], 0
+        self._pending.flush()
+
+    def _write_lines(self, records: list[_AccessRecord]) -> None:
         chunk: list[bytes] = []
         size = 0
-        for line in lines:
+        for record in records:
+            line = self._line(*record)
             if chunk and size + len(line) > PIPE_BUF:
                 self._write(b"".join(chunk))
                 chunk, size = [], 0
@@ -140,6 +116,45 @@ class AccessLog:
             size += len(line)
         if chunk:
             self._write(b"".join(chunk))
+
+    def _line(
+        self,
+        now: float,
+        rid: str,
+        client: tuple[str, int] | None,
+        method: str,
+        path: str,
+        http_version: str,
+        route: str,
+        status: int,
+        seconds: float,
+    ) -> bytes:
+        second = int(now)
+        if second != self._second:  # strftime once a second, as logging's asctime
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        stamp = f"{self._stamp},{int((now - second) * 1000):03d}"
+        peer = f"{client[0]}:{client[1]}" if client else "-"
+        ms = seconds * 1000
+        message = f'{peer} - "{method} {path} HTTP/{http_version}" {status} {ms:.2f}ms'
+        if not self.json:
+            return f"{stamp} INFO {self.NAME} [{rid}]: {message}\n".encode()
+        return orjson.dumps(
+            {
+                "time": stamp,
+                "severity": "INFO",
+                "name": self.NAME,
+                "message": message,
+                "request_id": rid,
+                "client": peer,
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(ms, 3),
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
 
     def _write(self, data: bytes) -> None:
         try:

@@ -125,6 +125,7 @@ def create_app(
         else:
             task = asyncio.create_task(load_in_background(app))
         yield
+        app_metrics.flush()
         if access_log is not None:
             access_log.flush()
         undo_drain()

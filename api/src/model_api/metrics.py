@@ -1,9 +1,19 @@
 """Prometheus metrics: one set per app, aggregated across workers when
-PROMETHEUS_MULTIPROC_DIR is set (the entry point sets it for API_WORKERS > 1)."""
+PROMETHEUS_MULTIPROC_DIR is set (the entry point sets it for API_WORKERS > 1).
+
+The per-request series (requests, latency, inference time, rows) are recorded as tuples
+and added in bulk within deferred.FLUSH_SECONDS (model_api.deferred); `render()` adds
+this process's pending ones first, so a scrape served by a worker is exact for that
+worker and at most FLUSH_SECONDS behind for the others.
+"""
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,6 +24,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from model_api.deferred import Deferred
 
 # Sub-millisecond resolution: a warm small-model request takes well under 1 ms.
 LATENCY_BUCKETS = (
@@ -78,11 +90,77 @@ class Metrics:
             registry=r,
         )
 
+        # (method, route, status) -> the counter's child; (method, route) -> histogram's.
+        self._request_series: dict[tuple[str, str, str], Any] = {}
+        self._latency_series: dict[tuple[str, str], Any] = {}
+        # (method, route, status code, seconds) per request; (seconds, rows) per inference;
+        # rows per ONNX Runtime call.
+        self._requests: Deferred[tuple[str, str, int, float]] = Deferred(self._add_requests)
+        self._inferences: Deferred[tuple[float, int]] = Deferred(self._add_inferences)
+        self._calls: Deferred[tuple[int]] = Deferred(self._add_calls)
+
+    def record_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self._requests.add((method, route, status, seconds))
+
+    def record_inference(self, seconds: float, rows: int) -> None:
+        """One request's inference: the time of the call that served it, its rows."""
+        self._inferences.add((seconds, rows))
+
+    def record_call(self, rows: int) -> None:
+        """One ONNX Runtime call and its rows."""
+        self._calls.add((rows,))
+
+    def flush(self) -> None:
+        """Add what is pending to the metrics now (before a scrape, at shutdown)."""
+        for pending in (self._requests, self._inferences, self._calls):
+            pending.flush()
+
+    def _add_requests(self, records: list[tuple[str, str, int, float]]) -> None:
+        counts = Tally((method, route, str(status)) for method, route, status, _ in records)
+        for key, count in counts.items():
+            child = self._request_series.get(key)
+            if child is None:
+                child = self._request_series[key] = self.requests.labels(*key)
+            child.inc(count)
+        latencies: dict[tuple[str, str], list[float]] = {}
+        for method, route, _, seconds in records:
+            latencies.setdefault((method, route), []).append(seconds)
+        for key, values in latencies.items():
+            child = self._latency_series.get(key)
+            if child is None:
+                child = self._latency_series[key] = self.latency.labels(*key)
+            observe_many(child, values)
+
+    def _add_inferences(self, records: list[tuple[float, int]]) -> None:
+        observe_many(self.inference, [seconds for seconds, _ in records])
+        observe_many(self.batch_size, [rows for _, rows in records])
+
+    def _add_calls(self, records: list[tuple[int]]) -> None:
+        observe_many(self.call_rows, [rows for (rows,) in records])
+
     def render(self) -> bytes:
         """The exposition text: this process's registry, or all workers' files."""
+        self.flush()
         directory = multiprocess_dir()
         if directory is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)
         return generate_latest(registry)
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """`histogram.observe(v)` for each value, with one update per bucket and one of the
+    sum. Uses the child's bucket values (prometheus-client's internals, pinned by the
+    lock file; tests/unit/test_api_metrics.py checks the result equals observe's)."""
+    histogram._raise_if_not_observable()
+    bounds = histogram._upper_bounds  # sorted, +Inf last: a value goes to the first >= it
+    counts = [0] * len(bounds)
+    total = 0.0
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+        total += value
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(total)

@@ -123,8 +123,6 @@ class RequestMiddleware:
         # and pods without a random syscall per request.
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
-        # (method, route, status) -> (counter child, histogram child): labels() once each.
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.hot_routes = hot_routes
@@ -191,7 +189,11 @@ class RequestMiddleware:
         self, hot: HotRoute, receive: Receive, send: Send, rid: bytes, call: Call
     ) -> int:
         try:
-            call.body = await self._body(receive)
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                call.body = self._within_limit(message.get("body", b""))  # the usual case
+            else:
+                call.body = await self._body(message, receive)
             reply = await hot.endpoint(call)
         except ApiError as exc:
             return await send_error(send, rid, exc)
@@ -211,20 +213,17 @@ class RequestMiddleware:
         await send({"type": "http.response.body", "body": reply.body})
         return 200
 
-    async def _body(self, receive: Receive) -> bytes:
-        """The whole body, at most MAX_BODY_BYTES of it (the protocol bounds the wait)."""
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnected
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > self.max_body_bytes:
-                raise PayloadTooLargeError(self._too_large())
-            return body
-        parts = [body]
-        size = len(body)
-        while message.get("more_body", False):
-            message = await receive()
+    def _within_limit(self, body: bytes) -> bytes:
+        if len(body) > self.max_body_bytes:
+            raise PayloadTooLargeError(self._too_large())
+        return body
+
+    async def _body(self, message: Message, receive: Receive) -> bytes:
+        """The whole body from its first message on, at most MAX_BODY_BYTES of it (the
+        protocol bounds the wait for the rest)."""
+        parts = []
+        size = 0
+        while True:
             if message["type"] != "http.request":
                 raise ClientDisconnected
             part = message.get("body", b"")
@@ -232,7 +231,9 @@ class RequestMiddleware:
             if size > self.max_body_bytes:
                 raise PayloadTooLargeError(self._too_large())
             parts.append(part)
-        return b"".join(parts)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+            message = await receive()
 
     def _too_large(self) -> str:
         return f"request body exceeds MAX_BODY_BYTES={self.max_body_bytes}"
@@ -259,22 +260,13 @@ class RequestMiddleware:
 
     def _record(self, scope: Scope, template: str, status: int, seconds: float, rid: str) -> None:
         method = scope["method"]
-        series = self._series.get((method, template, status))
-        if series is None:
-            series = (
-                self.metrics.requests.labels(method, template, str(status)),
-                self.metrics.latency.labels(method, template),
-            )
-            self._series[(method, template, status)] = series
-        series[0].inc()
-        series[1].observe(seconds)
+        self.metrics.record_request(method, template, status, seconds)
         path = scope["path"]
         if self.access_log is None or (status == 200 and path in QUIET_PATHS):
             return
-        client = scope.get("client")
         self.access_log.write(
             rid,
-            f"{client[0]}:{client[1]}" if client else "-",
+            scope.get("client"),
             method,
             path,
             scope.get("http_version", "1.1"),
