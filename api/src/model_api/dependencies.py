@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -91,19 +92,23 @@ def parse_body(schema: type[Body], body: bytes, example: str, error: type[ApiErr
         raise error(describe_errors(exc.errors())) from None
 
 
-async def infer(state: Any, model: OnnxModel, rows: np.ndarray) -> np.ndarray:
-    """Probabilities for `rows`, by INFERENCE_MODE, timed into the metrics."""
+def infer(state: Any, model: OnnxModel, rows: np.ndarray) -> Awaitable[np.ndarray]:
+    """Probabilities for `rows`, by INFERENCE_MODE, timed into the metrics. In batch mode
+    the batcher's future itself (the batcher records the metrics): one coroutine fewer
+    to create and resume per request."""
     if state.batcher is not None:
-        done = await state.batcher.infer(model, rows)
-        probabilities, seconds = done.probabilities, done.seconds
+        future: Awaitable[np.ndarray] = state.batcher.infer(model, rows)
+        return future
+    return _infer_alone(state, model, rows)
+
+
+async def _infer_alone(state: Any, model: OnnxModel, rows: np.ndarray) -> np.ndarray:
+    started = time.perf_counter()
+    if state.inference_mode == "inline":
+        probabilities = model.predict_proba(rows)
     else:
-        started = time.perf_counter()
-        if state.inference_mode == "inline":
-            probabilities = model.predict_proba(rows)
-        else:
-            probabilities = await run_in_threadpool(model.predict_proba, rows)
-        seconds = time.perf_counter() - started
-        state.metrics.call_rows.observe(len(rows))
-    state.metrics.inference.observe(seconds)
-    state.metrics.batch_size.observe(len(rows))
+        probabilities = await run_in_threadpool(model.predict_proba, rows)
+    seconds = time.perf_counter() - started
+    state.metrics.record_call(len(rows))
+    state.metrics.record_inference(seconds, len(rows))
     return probabilities

@@ -150,7 +150,7 @@ def create_app(
         drain=drain,
         inference_mode=settings.inference_mode,
         batcher=(
-            Batcher(settings.max_batch_size, app_metrics.call_rows.observe)
+            Batcher(settings.max_batch_size, app_metrics)
             if settings.inference_mode == "batch"
             else None
         ),

@@ -56,8 +56,10 @@ def json_reply(content: Any, model: OnnxModel) -> Reply:
 
 
 def _rows(call: Call, model: OnnxModel) -> np.ndarray:
-    json_body(call.content_type)
-    no_content_encoding(call.content_encoding)
+    if call.content_type != "application/json":  # else nothing to check
+        json_body(call.content_type)
+    if call.content_encoding != "identity":
+        no_content_encoding(call.content_encoding)
     data = parse_body(PredictRequest, call.body, EXAMPLE, InvalidInputError).data
     limit = call.state.settings.max_batch_size
     if len(data) > limit:

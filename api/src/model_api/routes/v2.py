@@ -172,7 +172,8 @@ def hot_routes(name: str, version: str) -> HotRoutes:
 
 
 async def _infer(call: Call, model: OnnxModel) -> Reply:
-    no_content_encoding(call.content_encoding)
+    if call.content_encoding != "identity":
+        no_content_encoding(call.content_encoding)
     kind = media_type(call.content_type)
     if kind not in _MEDIA_TYPES and not kind.endswith("+json"):
         raise UnsupportedMediaError(
