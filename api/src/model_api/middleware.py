@@ -121,7 +121,7 @@ class RequestMiddleware:
         self.access_log = access_log
         # Request ids: a random prefix per process and a counter - unique across workers
         # and pods without a random syscall per request.
-        self._id_prefix = secrets.token_hex(8)
+        self._id_prefix = secrets.token_hex(8).encode()
         self._ids = itertools.count(1)
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -149,7 +149,7 @@ class RequestMiddleware:
             elif name == b"inference-header-content-length":
                 header_length = value
         if not rid:
-            rid = b"%s%016x" % (self._id_prefix.encode(), next(self._ids))
+            rid = b"%s%016x" % (self._id_prefix, next(self._ids))
         rid_text = rid.decode()
         token = request_id.set(rid_text)
         status = 500
