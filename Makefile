@@ -46,7 +46,7 @@ publish: venv ## upload a version directory to the running stack's bucket
 	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI)
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup bench-api bench-loader
+.PHONY: bench-startup bench-api bench-api-instructions bench-loader
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
@@ -110,6 +110,9 @@ soak: venv ## 10 min of locust at ~70% capacity on its own stack: errors, p99/mi
 
 bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (needs wrk)
 	uv run --frozen python loadtest/bench_api.py
+
+bench-api-instructions: venv ## instructions per request, (a) vs /predict, under callgrind (needs wrk, valgrind)
+	uv run --frozen python loadtest/bench_api.py --instructions
 
 bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> loadtest/results/loader.md
 	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md

@@ -17,8 +17,9 @@ per scenario:
       without the access log (API_ACCESS_LOG=false).
 
 (a) and the goal's scenario (/predict, 1 row, the default INFERENCE_MODE) run first,
-alternately, `--rounds` times (3), and count as their medians: on a shared machine the
-load moves between scenarios. Prints req/s, p50 and p99 per scenario, the ratio to (a),
+alternately, `--rounds` times (5), and count as their medians; the goal's ratio is the
+median of the rounds' ratios (each round's pair runs back to back): on a shared machine
+the load moves between scenarios. Prints req/s, p50 and p99 per scenario, the ratio to (a),
 resident memory per worker and the machine, and writes the same to
 loadtest/results/api.md. Compare ratios within one run, not absolute figures across runs.
 """
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,6 +129,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    ratio: float | None = None  # to (a); None: rps / (a)'s rps
+    requests: int = 0
 
 
 def free_port() -> int:
@@ -158,13 +162,22 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def wrk(url: str, body: str, seconds: float, args: argparse.Namespace, name: str) -> Result:
+def wrk(
+    url: str,
+    body: str,
+    seconds: float,
+    args: argparse.Namespace,
+    name: str,
+    before_measuring: Callable[[], None] | None = None,
+) -> Result:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA.format(body=body))
     try:
         command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-s", script.name]
         # Warm-up (discarded), then the measured run.
         subprocess.run([*command, f"-d{args.warmup}s", url], capture_output=True, check=True)
+        if before_measuring is not None:
+            before_measuring()
         out = subprocess.run(
             [*command, f"-d{seconds:g}s", "--latency", url],
             capture_output=True,
@@ -181,6 +194,7 @@ def wrk(url: str, body: str, seconds: float, args: argparse.Namespace, name: str
         r["p50_us"] / 1000,
         r["p99_us"] / 1000,
         r["errors"] + r["non2xx"],
+        requests=r["requests"],
     )
 
 
@@ -263,12 +277,8 @@ def machine() -> str:
     )
 
 
-def run_api(
-    args: argparse.Namespace, mode: str, access_log: bool = True, only_one_row: bool = False
-) -> tuple[list[Result], dict[int, float]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
+def api_env(args: argparse.Namespace, port: int, mode: str, access_log: bool) -> dict[str, str]:
+    return {
         **os.environ,
         "MODEL_DIR": str(MODEL_DIR),
         "API_HOST": "127.0.0.1",
@@ -278,9 +288,16 @@ def run_api(
         "API_ACCESS_LOG": str(access_log).lower(),
         "LOG_LEVEL": args.log_level,
     }
+
+
+def run_api(
+    args: argparse.Namespace, mode: str, access_log: bool = True, only_one_row: bool = False
+) -> tuple[list[Result], dict[int, float]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "model_api"],
-        env=env,
+        env=api_env(args, port, mode, access_log),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -334,6 +351,67 @@ def run_bare(args: argparse.Namespace, source: str = BARE_APP, name: str = "") -
         stop(process)
 
 
+def instructions_per_request(
+    command: list[str], env: dict[str, str], ready: str, url: str, args: argparse.Namespace
+) -> tuple[float, int]:
+    """User-space instructions the server executes per request over a wrk run, counted by
+    callgrind: unlike seconds, the same for the same code whatever else the machine does
+    (callgrind slows the server ~50x; the count per request barely moves with the rate).
+    All its threads count; system calls and the kernel's work do not."""
+    with tempfile.TemporaryDirectory() as out:
+        process = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", *command],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_ready(ready, process, timeout=300)
+
+            def control(option: str) -> None:
+                subprocess.run(
+                    ["callgrind_control", option, str(process.pid)],
+                    capture_output=True,
+                    check=True,
+                )
+
+            # Count from the end of the warm-up to the end of the run: zero, then dump.
+            body = json.dumps({"data": [SETOSA]})
+            result = wrk(url, body, args.duration, args, "", lambda: control("-z"))
+            control("-d")
+            dump = Path(out, f"cg.{process.pid}.1").read_text()
+        finally:
+            stop(process)
+    total = next(int(x.split()[1]) for x in dump.splitlines() if x.startswith("summary:"))
+    return total / result.requests, result.requests
+
+
+def count_instructions(args: argparse.Namespace) -> None:
+    """--instructions: (a) and /predict with 1 row, under callgrind."""
+    if shutil.which("callgrind_control") is None:
+        sys.exit("valgrind not found: install it first (Debian/Ubuntu: apt-get install valgrind)")
+    print(f"machine: {machine()}", flush=True)
+    port = free_port()
+    bare = instructions_per_request(
+        [sys.executable, "-c", BARE_APP, str(port)],
+        dict(os.environ),
+        f"http://127.0.0.1:{port}/",
+        f"http://127.0.0.1:{port}/predict",
+        args,
+    )
+    port = free_port()
+    api = instructions_per_request(
+        [sys.executable, "-m", "model_api"],
+        api_env(args, port, "batch", access_log=True),
+        f"http://127.0.0.1:{port}/ready",
+        f"http://127.0.0.1:{port}/predict",
+        args,
+    )
+    for name, (count, requests) in (("(a) bare ASGI app", bare), ("API /predict, 1 row", api)):
+        print(f"{name}: {count:,.0f} instructions per request ({requests:,} requests)")
+    print(f"ratio (a) / API: {bare[0] / api[0]:.0%}")
+
+
 def report(
     rows: list[Result],
     ceiling: Result,
@@ -345,7 +423,7 @@ def report(
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ratio = r.rps / ceiling.rps if ceiling.rps else float("nan")
+        ratio = r.ratio if r.ratio is not None else r.rps / ceiling.rps
         cells = [r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{ratio:.0%}"]
         lines.append("| " + " | ".join([*cells, str(r.errors)]) + " |")
     mem = "; ".join(
@@ -371,15 +449,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="API_WORKERS for the API")
     parser.add_argument("--log-level", default="INFO", help="the API's LOG_LEVEL")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved runs of (a) and /predict 1 row"
+        "--rounds", type=int, default=5, help="interleaved runs of (a) and /predict 1 row"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: instructions per request of (a) and /predict under callgrind",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit(
             "wrk not found: install it first (Debian/Ubuntu: `apt-get install -y wrk`, "
             "macOS: `brew install wrk`; `bash .ci/prepare` does it on Debian)"
         )
+    if args.instructions:
+        count_instructions(args)
+        return
 
     started = datetime.now(UTC)
     description = machine()
@@ -392,6 +478,13 @@ def main() -> None:
         pairs[1].append(run_api(args, "batch", only_one_row=True)[0][0])
         print(f"(a) {pairs[0][-1].rps:,.0f} req/s, /predict {pairs[1][-1].rps:,.0f} req/s")
     bare, headline = (median_of(runs, args.rounds) for runs in pairs)
+    # Each round's pair ran back to back: the median of their ratios resists the load
+    # drifting over the run better than the ratio of the two medians.
+    ratios = [api.rps / ceiling.rps for ceiling, api in zip(*pairs, strict=True)]
+    headline.ratio = statistics.median(ratios)
+    headline.name += (
+        "; ratio: median of the rounds' ratios (" + ", ".join(f"{r:.0%}" for r in ratios) + ")"
+    )
     framework = run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body")
     print(f"{framework.name}: {framework.rps:,.0f} req/s", flush=True)
     rows, memory = [bare, headline, framework], {}
