@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import pytest
 
+from model_api.deferred import FLUSH_SECONDS
 from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
 from tests.e2e.conftest import Stack
 
@@ -34,8 +36,14 @@ def test_v2_and_metrics_in_the_hardened_container(stack: Stack) -> None:
         response = httpx.post(f"{stack.api}/v2/models/iris_svc/versions/v1/infer", json=body)
         assert response.status_code == 200 and response.headers["x-model-version"] == "v1"
     assert response.json()["outputs"][1]["data"] == ["setosa"]
-    metrics = httpx.get(f"{stack.api}/metrics").text
     line = 'http_requests_total{method="POST",route="/v2/models/{name}/versions/{version}/infer"'
+    # A worker adds its requests to the shared files within FLUSH_SECONDS; the one
+    # answering the scrape at once.
+    deadline = time.monotonic() + 20 * FLUSH_SECONDS
+    metrics = httpx.get(f"{stack.api}/metrics").text
+    while f'{line},status="200"}} 10.0' not in metrics and time.monotonic() < deadline:
+        time.sleep(FLUSH_SECONDS / 2)
+        metrics = httpx.get(f"{stack.api}/metrics").text
     assert f'{line},status="200"}} 10.0' in metrics
     info = [x for x in metrics.splitlines() if x.startswith("model_info{")]
     assert len(info) == 1 and 'name="iris_svc"' in info[0] and 'version="v1"' in info[0]
