@@ -97,8 +97,7 @@ def infer(state: Any, model: OnnxModel, rows: np.ndarray) -> Awaitable[np.ndarra
     the batcher's future itself (the batcher records the metrics): one coroutine fewer
     to create and resume per request."""
     if state.batcher is not None:
-        future: Awaitable[np.ndarray] = state.batcher.infer(model, rows)
-        return future
+        return state.batcher.infer(model, rows)
     return _infer_alone(state, model, rows)
 
 

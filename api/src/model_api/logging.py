@@ -108,7 +108,7 @@ class AccessLog:
         chunk: list[bytes] = []
         size = 0
         for record in records:
-            line = self._line(*record)
+            line = self._line(record)
             if chunk and size + len(line) > PIPE_BUF:
                 self._write(b"".join(chunk))
                 chunk, size = [], 0
@@ -117,18 +117,8 @@ class AccessLog:
         if chunk:
             self._write(b"".join(chunk))
 
-    def _line(
-        self,
-        now: float,
-        rid: str,
-        client: tuple[str, int] | None,
-        method: str,
-        path: str,
-        http_version: str,
-        route: str,
-        status: int,
-        seconds: float,
-    ) -> bytes:
+    def _line(self, record: _AccessRecord) -> bytes:
+        now, rid, client, method, path, http_version, route, status, seconds = record
         second = int(now)
         if second != self._second:  # strftime once a second, as logging's asctime
             self._second = second
