@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,6 +30,7 @@ from model_api.logging import AccessLog, configure_logging
 from model_api.metrics import Metrics
 from model_api.middleware import HotRoutes, RequestMiddleware
 from model_api.model import OnnxModel
+from model_api.protocol import DIRECT_PATH_STATE
 from model_api.routes import health, metrics, seed, v2
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ def create_app(
         serve(app, loaded)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any] | None]:
         task = None
         undo_drain = drain.chain_sigterm(asyncio.get_running_loop())
         if model is not None:
@@ -124,7 +126,9 @@ def create_app(
             serve(app, model)
         else:
             task = asyncio.create_task(load_in_background(app))
-        yield
+        # Lifespan state: the server's protocol (model_api.protocol) finds the front door
+        # here for the direct path.
+        yield {DIRECT_PATH_STATE: app.front} if settings.direct_hot_path else None
         app_metrics.flush()
         if access_log is not None:
             access_log.flush()

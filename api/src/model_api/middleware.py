@@ -106,6 +106,39 @@ class ClientDisconnected(Exception):
     """The client went away before its body arrived (or the body timeout closed it)."""
 
 
+# A hot endpoint's answer on the wire: status, headers (without the server's default
+# ones), body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+BodyReader = Callable[[], Awaitable[bytes]]
+
+
+class RequestHeaders:
+    """What the front door reads of a request's headers, in one pass over them."""
+
+    __slots__ = ("content_type", "encoding", "forwarded", "header_length", "length", "request_id")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.length: bytes | None = None
+        self.content_type = b""
+        self.encoding = b"identity"
+        self.request_id = b""  # a valid X-Request-ID, else b""
+        self.header_length: bytes | None = None
+        self.forwarded = False  # X-Forwarded-For/-Proto: uvicorn's proxy headers apply
+        for name, value in headers:
+            if name == b"content-type":
+                self.content_type = value
+            elif name == b"content-length":
+                self.length = value
+            elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                self.request_id = value
+            elif name == b"content-encoding":
+                self.encoding = value
+            elif name == b"inference-header-content-length":
+                self.header_length = value
+            elif name == b"x-forwarded-for" or name == b"x-forwarded-proto":
+                self.forwarded = True
+
+
 class RequestMiddleware:
     def __init__(
         self,
@@ -131,92 +164,141 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        hot = self.hot_routes.get((scope["method"], scope["path"]))
+        if hot is None:
+            await self._other(scope, receive, send)
+            return
+
+        async def read_body() -> bytes:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                return message.get("body", b"")  # type: ignore[no-any-return]  # the usual case
+            return await self._body(message, receive)
+
+        answer = await self.exchange(
+            hot,
+            RequestHeaders(scope["headers"]),
+            read_body,
+            scope["method"],
+            scope["path"],
+            scope.get("client"),
+            scope.get("http_version", "1.1"),
+        )
+        if answer is not None:
+            status, headers, body = answer
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    async def exchange(
+        self,
+        hot: HotRoute,
+        headers: RequestHeaders,
+        read_body: BodyReader,
+        method: str,
+        path: str,
+        client: tuple[str, int] | None,
+        http_version: str,
+    ) -> Answer | None:
+        """Serve one request to a hot route: its answer, or None if the client left.
+        For the ASGI path above and for the protocol's direct path (protocol.HotCycle)."""
         started = time.perf_counter()
-        rid = b""
-        length = None
-        content_type = b""
-        encoding = b"identity"
-        header_length = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                length = value
-            elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                rid = value
-            elif name == b"content-encoding":
-                encoding = value
-            elif name == b"inference-header-content-length":
-                header_length = value
-        if not rid:
-            rid = b"%s%016x" % (self._id_prefix, next(self._ids))
+        rid = headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
         rid_text = rid.decode()
         token = request_id.set(rid_text)
         status = 500
-        hot = self.hot_routes.get((scope["method"], scope["path"]))
         try:
-            if length is not None and _too_long(length, self.max_body_bytes):
-                status = await self._refuse(send, rid, f"{length.decode(errors='replace')} bytes")
-            elif hot is not None:
-                call = Call(
-                    self.state,
-                    b"",  # read in _hot
-                    rid_text,
-                    hot.path_params,
-                    content_type.decode("latin-1"),
-                    encoding.decode("latin-1"),
-                    None if header_length is None else header_length.decode("latin-1"),
-                )
-                status = await self._hot(hot, receive, send, rid, call)
-            else:
-
-                async def send_with_id(message: Message) -> None:
-                    nonlocal status
-                    if message["type"] == "http.response.start":
-                        status = message["status"]
-                        message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
-                    await send(message)
-
-                await self.app(scope, self._counting(receive), send_with_id)
+            answer = await self._answer(hot, headers, read_body, rid, rid_text)
+            status = answer[0]
+            return answer
         except ClientDisconnected:
             status = 499  # nginx's "client closed request": nobody to answer
+            return None
         finally:
-            template = hot.template if hot is not None else _template(scope)
-            self._record(scope, template, status, time.perf_counter() - started, rid_text)
+            seconds = time.perf_counter() - started
+            self._record(
+                method, path, hot.template, status, seconds, rid_text, client, http_version
+            )
             request_id.reset(token)
 
-    async def _hot(
-        self, hot: HotRoute, receive: Receive, send: Send, rid: bytes, call: Call
-    ) -> int:
+    async def _answer(
+        self,
+        hot: HotRoute,
+        headers: RequestHeaders,
+        read_body: BodyReader,
+        rid: bytes,
+        rid_text: str,
+    ) -> Answer:
         try:
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                call.body = self._within_limit(message.get("body", b""))  # the usual case
-            else:
-                call.body = await self._body(message, receive)
+            if headers.length is not None and _too_long(headers.length, self.max_body_bytes):
+                raise self._refusal(headers.length)
+            body = await read_body()
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLargeError(self._too_large())
+            call = Call(
+                self.state,
+                body,
+                rid_text,
+                hot.path_params,
+                headers.content_type.decode("latin-1"),
+                headers.encoding.decode("latin-1"),
+                None if headers.header_length is None else headers.header_length.decode("latin-1"),
+            )
             reply = await hot.endpoint(call)
         except ApiError as exc:
-            return await send_error(send, rid, exc)
+            return error_answer(rid, exc)
         except ClientDisconnected:
             raise
         except Exception:
             log.exception("unexpected error serving %s", hot.template)
-            return await send_error(send, rid, ApiError("internal server error"))
-        headers = [
-            (b"content-type", reply.content_type),
-            (b"content-length", b"%d" % len(reply.body)),
-            (b"x-model-version", reply.model_version.encode()),
-            (b"x-request-id", rid),
-            *reply.headers,
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
-        return 200
+            return error_answer(rid, ApiError("internal server error"))
+        return (
+            200,
+            [
+                (b"content-type", reply.content_type),
+                (b"content-length", b"%d" % len(reply.body)),
+                (b"x-model-version", reply.model_version.encode()),
+                (b"x-request-id", rid),
+                *reply.headers,
+            ],
+            reply.body,
+        )
 
-    def _within_limit(self, body: bytes) -> bytes:
-        if len(body) > self.max_body_bytes:
-            raise PayloadTooLargeError(self._too_large())
-        return body
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Any other request: through FastAPI, with the request id, limit and records."""
+        started = time.perf_counter()
+        headers = RequestHeaders(scope["headers"])
+        rid = headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
+        rid_text = rid.decode()
+        token = request_id.set(rid_text)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            if headers.length is not None and _too_long(headers.length, self.max_body_bytes):
+                status = await send_error(send, rid, self._refusal(headers.length))
+            else:
+                await self.app(scope, self._counting(receive), send_with_id)
+        except ClientDisconnected:
+            status = 499
+        finally:
+            seconds = time.perf_counter() - started
+            self._record(
+                scope["method"],
+                scope["path"],
+                _template(scope),
+                status,
+                seconds,
+                rid_text,
+                scope.get("client"),
+                scope.get("http_version", "1.1"),
+            )
+            request_id.reset(token)
 
     async def _body(self, message: Message, receive: Receive) -> bytes:
         """The whole body from its first message on, at most MAX_BODY_BYTES of it (the
@@ -254,29 +336,30 @@ class RequestMiddleware:
 
         return counting_receive
 
-    async def _refuse(self, send: Send, rid: bytes, size: str) -> int:
-        message = f"request body of {size} exceeds MAX_BODY_BYTES={self.max_body_bytes}"
-        return await send_error(send, rid, PayloadTooLargeError(message))
-
-    def _record(self, scope: Scope, template: str, status: int, seconds: float, rid: str) -> None:
-        method = scope["method"]
-        self.metrics.record_request(method, template, status, seconds)
-        path = scope["path"]
-        if self.access_log is None or (status == 200 and path in QUIET_PATHS):
-            return
-        self.access_log.write(
-            rid,
-            scope.get("client"),
-            method,
-            path,
-            scope.get("http_version", "1.1"),
-            template,
-            status,
-            seconds,
+    def _refusal(self, length: bytes) -> PayloadTooLargeError:
+        size = length.decode(errors="replace")
+        return PayloadTooLargeError(
+            f"request body of {size} bytes exceeds MAX_BODY_BYTES={self.max_body_bytes}"
         )
 
+    def _record(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        status: int,
+        seconds: float,
+        rid: str,
+        client: tuple[str, int] | None,
+        http_version: str,
+    ) -> None:
+        self.metrics.record_request(method, template, status, seconds)
+        if self.access_log is None or (status == 200 and path in QUIET_PATHS):
+            return
+        self.access_log.write(rid, client, method, path, http_version, template, status, seconds)
 
-async def send_error(send: Send, rid: bytes, exc: ApiError) -> int:
+
+def error_answer(rid: bytes, exc: ApiError) -> Answer:
     """{"error": message} with the error's status; closes the connection if it must."""
     body = orjson.dumps({"error": exc.message})
     headers = [
@@ -286,9 +369,14 @@ async def send_error(send: Send, rid: bytes, exc: ApiError) -> int:
     ]
     if exc.close_connection:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    return exc.status_code, headers, body
+
+
+async def send_error(send: Send, rid: bytes, exc: ApiError) -> int:
+    status, headers, body = error_answer(rid, exc)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-    return exc.status_code
+    return status
 
 
 def _template(scope: Scope) -> str:
