@@ -11,10 +11,14 @@ per scenario:
       reading the same POST body and returning a fixed small JSON body;
   (b) compute ceiling: ONNX Runtime `session.run` on one row in a loop, in process; and
       the same with the CPU caches flushed between runs, as serving HTTP does;
+  (c) the direct path's floor: the API's protocol class answering POST /predict from its
+      direct path (no ASGI cycle, model_api.protocol) with the same fixed body - what the
+      API's hot routes cost before any of our code runs;
   a reference: FastAPI with one route returning the same fixed body (the framework's cost);
   the API: POST /predict with 1 row and with 32 rows, POST /v2/.../infer with 1 row,
       once with each INFERENCE_MODE (batch, inline, threadpool); and /predict with 1 row
-      without the access log (API_ACCESS_LOG=false).
+      through uvicorn's ASGI cycle (API_DIRECT_HOT_PATH=false) and without the access log
+      (API_ACCESS_LOG=false).
 
 (a) and the goal's scenario (/predict, 1 row, the default INFERENCE_MODE) run first,
 alternately, `--rounds` times (5), and count as their medians; the goal's ratio is the
@@ -101,6 +105,43 @@ FASTAPI_APP = (
     async def predict(request: Request) -> Response:
         await request.body()
         return Response(BODY, media_type="application/json")
+    """
+    )
+    + RUN_LIKE_THE_API
+)
+
+# (c) The direct path's floor: the API's own protocol class serving POST /predict on its
+# direct path (model_api.protocol.HotCycle, no ASGI cycle) with a front door that reads the
+# body and answers the fixed body at once - what the hot routes pay before our code runs.
+DIRECT_FLOOR_APP = (
+    textwrap.dedent(
+        """
+    import sys, uvicorn
+    from model_api.middleware import HotRoute
+    from model_api.protocol import DIRECT_PATH_STATE
+
+    BODY = b'{"prediction":[0.9714092016220093,0.015860972926020622,0.012729969806969166]}'
+    HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+    class FixedFront:
+        max_body_bytes = 1 << 20
+
+        def __init__(self):
+            self.hot_routes = {("POST", "/predict"): HotRoute(None, "/predict")}
+
+        async def exchange(self, hot, headers, read_body, *request):
+            await read_body()
+            return 200, HEADERS, BODY
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":  # offer the direct path, as the API's lifespan does
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                scope["state"][DIRECT_PATH_STATE] = FixedFront()
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "http":  # the readiness poll: GET /
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.body", "body": BODY})
     """
     )
     + RUN_LIKE_THE_API
@@ -277,7 +318,8 @@ def machine() -> str:
     )
 
 
-def api_env(args: argparse.Namespace, port: int, mode: str, access_log: bool) -> dict[str, str]:
+def api_env(args: argparse.Namespace, port: int, mode: str, **settings: str) -> dict[str, str]:
+    """The API's environment: the defaults but for `mode` and `settings` (name: value)."""
     return {
         **os.environ,
         "MODEL_DIR": str(MODEL_DIR),
@@ -285,27 +327,29 @@ def api_env(args: argparse.Namespace, port: int, mode: str, access_log: bool) ->
         "API_PORT": str(port),
         "API_WORKERS": str(args.workers),
         "INFERENCE_MODE": mode,
-        "API_ACCESS_LOG": str(access_log).lower(),
         "LOG_LEVEL": args.log_level,
+        **settings,
     }
 
 
 def run_api(
-    args: argparse.Namespace, mode: str, access_log: bool = True, only_one_row: bool = False
+    args: argparse.Namespace, mode: str, only_one_row: bool = False, **settings: str
 ) -> tuple[list[Result], dict[int, float]]:
+    """The API's scenarios, or only /predict with 1 row (only_one_row, or other `settings`
+    than the defaults)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "model_api"],
-        env=api_env(args, port, mode, access_log),
+        env=api_env(args, port, mode, **settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_ready(f"{url}/ready", process)
         v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
-        if only_one_row or not access_log:
-            label = "" if access_log else ", API_ACCESS_LOG=false"
+        if only_one_row or settings:
+            label = "".join(f", {name}={value}" for name, value in settings.items())
             one = wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
                       f"API /predict, 1 row ({mode}{label})")  # fmt: skip
             return [one], rss_mib(process.pid)
@@ -399,17 +443,20 @@ def count_instructions(args: argparse.Namespace) -> None:
         f"http://127.0.0.1:{port}/predict",
         args,
     )
-    port = free_port()
-    api = instructions_per_request(
-        [sys.executable, "-m", "model_api"],
-        api_env(args, port, "batch", access_log=True),
-        f"http://127.0.0.1:{port}/ready",
-        f"http://127.0.0.1:{port}/predict",
-        args,
-    )
-    for name, (count, requests) in (("(a) bare ASGI app", bare), ("API /predict, 1 row", api)):
-        print(f"{name}: {count:,.0f} instructions per request ({requests:,} requests)")
-    print(f"ratio (a) / API: {bare[0] / api[0]:.0%}")
+    counts = {"(a) bare ASGI app": bare}
+    for settings in ({}, {"API_DIRECT_HOT_PATH": "false"}):
+        port = free_port()
+        label = "".join(f", {name}={value}" for name, value in settings.items())
+        counts[f"API /predict, 1 row{label}"] = instructions_per_request(
+            [sys.executable, "-m", "model_api"],
+            api_env(args, port, "batch", **settings),
+            f"http://127.0.0.1:{port}/ready",
+            f"http://127.0.0.1:{port}/predict",
+            args,
+        )
+    for name, (count, requests) in counts.items():
+        ratio = f", ratio (a) / it: {bare[0] / count:.0%}" if name.startswith("API") else ""
+        print(f"{name}: {count:,.0f} instructions per request ({requests:,} requests){ratio}")
 
 
 def report(
@@ -485,17 +532,22 @@ def main() -> None:
     headline.name += (
         "; ratio: median of the rounds' ratios (" + ", ".join(f"{r:.0%}" for r in ratios) + ")"
     )
-    framework = run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body")
-    print(f"{framework.name}: {framework.rps:,.0f} req/s", flush=True)
-    rows, memory = [bare, headline, framework], {}
+    references = [
+        run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body"),
+        run_bare(args, DIRECT_FLOOR_APP, "(c) direct path's floor: the API's protocol, fixed body"),
+    ]
+    for r in references:
+        print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
+    rows, memory = [bare, headline, *references], {}
     for mode in ("batch", "inline", "threadpool"):
         results, memory[mode] = run_api(args, mode)
         for r in results:
             print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
         rows += results
-    results, _ = run_api(args, "batch", access_log=False)
-    print(f"{results[0].name}: {results[0].rps:,.0f} req/s", flush=True)
-    rows += results
+    for setting in ("API_DIRECT_HOT_PATH", "API_ACCESS_LOG"):
+        results, _ = run_api(args, "batch", **{setting: "false"})
+        print(f"{results[0].name}: {results[0].rps:,.0f} req/s", flush=True)
+        rows += results
     rows += [compute_ceiling(min(args.duration, 5)), compute_ceiling(min(args.duration, 5), True)]
 
     table = report(rows, bare, memory, args)
