@@ -216,9 +216,13 @@ def test_a_client_gone_mid_body_is_counted_as_499(api: ApiServer) -> None:
 
 
 # -- which path a request takes: in process, to watch the protocol -----------------------
-@pytest.mark.parametrize("direct", [True, False], ids=["API_DIRECT_HOT_PATH=true", "false"])
+@pytest.mark.parametrize(
+    ("direct", "proxies"),
+    [(True, "127.0.0.1"), (True, "10.9.9.9"), (False, "127.0.0.1")],
+    ids=["direct", "direct, the client no trusted proxy", "API_DIRECT_HOT_PATH=false"],
+)
 def test_plain_hot_requests_take_the_direct_path_and_others_asgi(
-    monkeypatch: pytest.MonkeyPatch, direct: bool
+    monkeypatch: pytest.MonkeyPatch, direct: bool, proxies: str
 ) -> None:
     taken: list[str] = []
     run = HotCycle.run
@@ -235,7 +239,8 @@ def test_plain_hot_requests_take_the_direct_path_and_others_asgi(
         API_DIRECT_HOT_PATH=str(direct),
         API_ACCESS_LOG="false",
     )
-    config = uvicorn.Config(served(create_app(settings)), **uvicorn_options(settings))
+    options = {**uvicorn_options(settings), "forwarded_allow_ips": proxies}
+    config = uvicorn.Config(served(create_app(settings)), **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run)  # not the main thread: no signal handlers
     thread.start()
@@ -257,11 +262,13 @@ def test_plain_hot_requests_take_the_direct_path_and_others_asgi(
         asgi = [
             httpx.post(f"{url}/predict", params={"x": "1"}, json=one),
             httpx.post(f"{url}/predict", json=one, headers={"Expect": "100-continue"}),
-            httpx.post(f"{url}/predict", json=one, headers={"X-Forwarded-For": "10.0.0.9"}),
             httpx.get(f"{url}/health"),
         ]
+        # uvicorn rewrites the client from X-Forwarded-For only if it trusts the peer.
+        forwarded = httpx.post(f"{url}/predict", json=one, headers={"X-Forwarded-For": "10.0.0.9"})
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-    assert all(r.status_code == 200 for r in [*expected.values(), *asgi])
-    assert taken == (list(expected) if direct else [])
+    assert all(r.status_code == 200 for r in [*expected.values(), *asgi, forwarded])
+    trusted = proxies == "127.0.0.1"
+    assert taken == ([*expected, *([] if trusted else ["POST /predict"])] if direct else [])

@@ -17,8 +17,9 @@
   that is a third of the request. The request keeps everything else of this protocol:
   keep-alive, pipelining, flow control, timeouts, half-close, shutdown and drain work on
   its cycle (HotCycle, a RequestResponseCycle) as on any other. Requests that need more of
-  uvicorn go the ASGI way: `Expect: 100-continue`, upgrades, X-Forwarded-* with proxy
-  headers on, over the concurrency limit, a query string or an escaped path.
+  uvicorn go the ASGI way: `Expect: 100-continue`, upgrades, X-Forwarded-* from a proxy
+  uvicorn trusts (FORWARDED_ALLOW_IPS), over the concurrency limit, a query string or an
+  escaped path.
   API_DIRECT_HOT_PATH=false serves everything through ASGI.
 - A gentler shutdown. uvicorn closes at once every connection without a request in
   progress — including one that was accepted a moment ago and whose request is still in
@@ -43,6 +44,7 @@ import weakref
 from typing import Any
 
 import orjson
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -98,6 +100,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._front: RequestMiddleware | None = (
             front if front is not None and not self.root_path else None
         )
+        # uvicorn's proxy headers (on by default): whom it believes X-Forwarded-* from.
+        self._proxies = (
+            self.app.trusted_hosts if isinstance(self.app, ProxyHeadersMiddleware) else None
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -132,7 +138,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             return False  # uvicorn answers 503
         headers = RequestHeaders(self.headers)
-        if headers.forwarded and self.config.proxy_headers:
+        if headers.forwarded and self._trusted_proxy():
             return False  # uvicorn's ProxyHeadersMiddleware rewrites the client
         http_version = parser.get_http_version()
         cycle = HotCycle(
@@ -153,6 +159,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, _DIRECT))
         return True
+
+    def _trusted_proxy(self) -> bool:
+        """Whether uvicorn believes this peer's X-Forwarded-* (FORWARDED_ALLOW_IPS)."""
+        proxies, client = self._proxies, self.client
+        return proxies is not None and client is not None and client[0] in proxies
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         if app is not _DIRECT:
