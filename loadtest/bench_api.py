@@ -129,8 +129,9 @@ DIRECT_FLOOR_APP = (
         def __init__(self):
             self.hot_routes = {("POST", "/predict"): HotRoute(None, "/predict")}
 
-        async def exchange(self, hot, headers, read_body, *request):
-            await read_body()
+        async def exchange(self, hot, headers, body, *request):
+            if not isinstance(body, bytes):
+                await body()
             return 200, HEADERS, BODY
 
     async def app(scope, receive, send):

@@ -193,21 +193,22 @@ class RequestMiddleware:
         self,
         hot: HotRoute,
         headers: RequestHeaders,
-        read_body: BodyReader,
+        body: bytes | BodyReader,
         method: str,
         path: str,
         client: tuple[str, int] | None,
         http_version: str,
     ) -> Answer | None:
         """Serve one request to a hot route: its answer, or None if the client left.
-        For the ASGI path above and for the protocol's direct path (protocol.HotCycle)."""
+        For the ASGI path above and for the protocol's direct path (protocol.HotCycle).
+        `body`: the whole body, or how to await it (not awaited if refused at once)."""
         started = time.perf_counter()
         rid = headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
         rid_text = rid.decode()
         token = request_id.set(rid_text)
         status = 500
         try:
-            answer = await self._answer(hot, headers, read_body, rid, rid_text)
+            answer = await self._answer(hot, headers, body, rid, rid_text)
             status = answer[0]
             return answer
         except ClientDisconnected:
@@ -224,14 +225,15 @@ class RequestMiddleware:
         self,
         hot: HotRoute,
         headers: RequestHeaders,
-        read_body: BodyReader,
+        body: bytes | BodyReader,
         rid: bytes,
         rid_text: str,
     ) -> Answer:
         try:
             if headers.length is not None and _too_long(headers.length, self.max_body_bytes):
                 raise self._refusal(headers.length)
-            body = await read_body()
+            if not isinstance(body, bytes):
+                body = await body()
             if len(body) > self.max_body_bytes:
                 raise PayloadTooLargeError(self._too_large())
             call = Call(

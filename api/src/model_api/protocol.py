@@ -266,10 +266,12 @@ class HotCycle(RequestResponseCycle):
 
     async def run(self) -> None:
         try:
+            # Usually the whole body came with the headers: no need to wait for it.
+            whole = not self.more_body and not self.disconnected
             answer = await self.front.exchange(
                 self.hot,
                 self.headers,
-                self.read_body,
+                bytes(self.body) if whole else self.read_body,
                 self.method,
                 self.path,
                 self.client,
