@@ -8,6 +8,11 @@ no router, no dependency solving. For a small model those cost several times the
 inference. Everything else, including the 404/405 answers, goes through FastAPI, where
 the same endpoints are also declared (routes.seed, routes.v2), so OpenAPI describes them
 and a V2 path naming another model gets the protocol's 404 there.
+
+`exchange` serves a hot request from its facts (headers, body, method, path, client) to
+its answer's bytes: called by `__call__` for a request that came through ASGI, and by the
+HTTP protocol itself for one on the direct path (model_api.protocol.HotCycle, no ASGI
+cycle at all). Either way the same code decides the answer, the metrics and the log line.
 """
 
 from __future__ import annotations
