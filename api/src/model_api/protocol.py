@@ -17,10 +17,9 @@
   app's whole request does (128k); for a small model it is a fifth of the request. The
   request keeps everything else of this protocol: keep-alive, pipelining, flow control,
   timeouts, half-close, shutdown and drain work on its cycle (HotCycle, a
-  RequestResponseCycle) as on any other. Requests that need more of
-  uvicorn go the ASGI way: `Expect: 100-continue`, upgrades, X-Forwarded-* from a proxy
-  uvicorn trusts (FORWARDED_ALLOW_IPS), over the concurrency limit, a query string or an
-  escaped path.
+  RequestResponseCycle) as on any other. Requests that need more of uvicorn go the ASGI
+  way: `Expect: 100-continue`, upgrades, X-Forwarded-* from a proxy uvicorn trusts
+  (FORWARDED_ALLOW_IPS), over the concurrency limit, a query string or an escaped path.
   API_DIRECT_HOT_PATH=false serves everything through ASGI.
 - A gentler shutdown. uvicorn closes at once every connection without a request in
   progress — including one that was accepted a moment ago and whose request is still in
