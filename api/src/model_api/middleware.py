@@ -208,7 +208,7 @@ class RequestMiddleware:
         For the ASGI path above and for the protocol's direct path (protocol.HotCycle).
         `body`: the whole body, or how to await it (not awaited if refused at once)."""
         started = time.perf_counter()
-        rid = headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
+        rid = headers.request_id or self._new_request_id()
         rid_text = rid.decode()
         token = request_id.set(rid_text)
         status = 500
@@ -274,7 +274,7 @@ class RequestMiddleware:
         """Any other request: through FastAPI, with the request id, limit and records."""
         started = time.perf_counter()
         headers = RequestHeaders(scope["headers"])
-        rid = headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
+        rid = headers.request_id or self._new_request_id()
         rid_text = rid.decode()
         token = request_id.set(rid_text)
         status = 500
@@ -306,6 +306,9 @@ class RequestMiddleware:
                 scope.get("http_version", "1.1"),
             )
             request_id.reset(token)
+
+    def _new_request_id(self) -> bytes:
+        return b"%s%016x" % (self._id_prefix, next(self._ids))
 
     async def _body(self, message: Message, receive: Receive) -> bytes:
         """The whole body from its first message on, at most MAX_BODY_BYTES of it (the
