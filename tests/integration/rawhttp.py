@@ -36,24 +36,35 @@ def read_all(sock: socket.socket) -> bytes:
 
 def read_one_response(sock: socket.socket) -> bytes:
     """One whole response (headers, then Content-Length bytes of body) off a kept-alive
-    connection, however TCP happens to split it."""
+    connection, however TCP happens to split it; the server must have sent no more."""
+    (response,) = read_responses(sock, 1, exact=True)
+    return response
+
+
+def read_responses(sock: socket.socket, count: int, exact: bool = False) -> list[bytes]:
+    """`count` whole responses off a connection, in order, however TCP splits or joins
+    them (pipelined answers often arrive in one read)."""
     data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed mid-response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed mid-body: {data!r}"
-        body += chunk
-    assert len(body) == length, "the server sent more than one response"
-    return head + b"\r\n\r\n" + body
+    responses = []
+    while len(responses) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed mid-response: {data!r}"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed mid-body: {data!r}"
+            rest += chunk
+        responses.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    assert not (exact and data), "the server sent more than asked for"
+    return responses
 
 
 def status_of(response: bytes) -> int:

@@ -62,7 +62,10 @@ def test_v2_metadata_and_readiness(client: triton.InferenceServerClient) -> None
     metadata = client.get_model_metadata("iris_svc", "v1")
     assert metadata["versions"] == ["v1"]
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
-    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label"]
+    assert metadata["outputs"] == [
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+    ]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -85,8 +88,22 @@ def test_v2_infer_all_150_rows_equals_sklearn(
     assert result.get_response()["id"] == "r-7"
     assert result.get_response()["model_version"] == "v1"
     np.testing.assert_allclose(result.as_numpy("probabilities"), sklearn_proba, atol=1e-4)
-    labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
-    assert labels == [["setosa", "versicolor", "virginica"][i] for i in sklearn_proba.argmax(1)]
+    assert result.as_numpy("label").tolist() == sklearn_proba.argmax(1).tolist()
+
+
+def test_v2_classification_gives_the_top_classes_with_their_labels(
+    client: triton.InferenceServerClient,
+) -> None:
+    """Triton's classification extension: the labels travel with the model."""
+    tensor = triton.InferInput("input", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.array([SETOSA, VIRGINICA], dtype=np.float32))
+    wanted = [triton.InferRequestedOutput("probabilities", class_count=2)]
+    result = client.infer("iris_svc", [tensor], outputs=wanted)
+    top = result.as_numpy("probabilities")
+    assert top.shape == (2, 2)
+    first = [x.decode().split(":") for x in top[:, 0]]
+    assert [(index, label) for _, index, label in first] == [("0", "setosa"), ("2", "virginica")]
+    assert float(first[0][0]) > 0.9
 
 
 def test_v2_infer_with_the_clients_defaults(client: triton.InferenceServerClient) -> None:
@@ -95,7 +112,7 @@ def test_v2_infer_with_the_clients_defaults(client: triton.InferenceServerClient
     tensor.set_data_from_numpy(np.array([SETOSA, VIRGINICA], dtype=np.float32))
     result = client.infer("iris_svc", [tensor])
     assert result.as_numpy("probabilities").shape == (2, 3)
-    assert [x.decode() for x in result.as_numpy("label")] == ["setosa", "virginica"]
+    assert result.as_numpy("label").tolist() == [0, 2]
 
 
 def test_v2_output_selection_and_plain_json(api: ApiServer) -> None:
@@ -110,7 +127,7 @@ def test_v2_output_selection_and_plain_json(api: ApiServer) -> None:
         "model_name": "iris_svc",
         "model_version": "v1",
         "id": "abc",
-        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [1], "data": ["setosa"]}],
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [1], "data": [0]}],
     }
 
 
@@ -133,7 +150,7 @@ def test_v2_unknown_model_or_version_is_404(api: ApiServer, path: str, status: i
 def test_v2_errors_reach_the_client(client: triton.InferenceServerClient) -> None:
     tensor = triton.InferInput("input", [1, 3], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
-    with pytest.raises(InferenceServerException, match=r"must be \[N, 4\]") as err:
+    with pytest.raises(InferenceServerException, match=r"the model takes \[-1, 4\]") as err:
         client.infer("iris_svc", [tensor])
     assert err.value.status() == "400"
     with pytest.raises(InferenceServerException, match="not found") as err:

@@ -1,28 +1,52 @@
-"""model_api.batching: requests waiting in one event-loop turn share one inference."""
+"""model_api.batching: requests are stacked where the model allows, and only there."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
 from model_api.batching import Batcher
+from model_api.datatypes import DATATYPES
+from model_api.errors import ApiError
+from model_api.signature import Signature, TensorSpec
+
+FP32 = DATATYPES["FP32"]
 
 
 class FakeModel:
-    """predict_proba doubles its rows and records the rows of every call; rows holding
-    a negative value make it fail, as a model may on input it cannot take."""
+    """`run` doubles `x` into `y` (and sums it into `total`), recording the rows of every
+    call and its thread; rows holding a negative value make it fail, as a model may on
+    input it cannot take. `first` fixes the first dimension (None: open)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: int | None = None, width: int = -1, delay: float = 0.0) -> None:
+        dim = -1 if first is None else first
+        self.signature = Signature(
+            inputs=(TensorSpec("x", FP32, (dim, width)),),
+            outputs=(TensorSpec("y", FP32, (dim, width)), TensorSpec("total", FP32, (dim,))),
+        )
         self.calls: list[int] = []
+        self.threads: set[int] = set()
+        self.delay = delay
+        self.wrong_rows = False
 
-    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        self.calls.append(len(rows))
-        if (rows < 0).any():
+    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        x = inputs["x"]
+        self.calls.append(len(x))
+        self.threads.add(threading.get_ident())
+        if self.delay:
+            time.sleep(self.delay)
+        if (x < 0).any():
             raise ValueError("negative input")
-        return rows * 2
+        answers = {"y": x * 2, "total": x.sum(axis=1)}
+        if self.wrong_rows:
+            answers = {"y": x[:1] * 2, "total": x.sum(axis=1)[:1]}
+        return [answers[name] for name in outputs]
 
 
 class Recorded:
@@ -39,79 +63,177 @@ class Recorded:
         self.inferences.append((seconds, rows))
 
 
-def rows(*values: float) -> np.ndarray:
-    return np.array([[v] for v in values], dtype=np.float32)
+def rows(*values: float, width: int = 1) -> np.ndarray:
+    return np.array([[v] * width for v in values], dtype=np.float32)
 
 
-def run(batcher: Batcher, model: Any, *requests: np.ndarray) -> list[np.ndarray | BaseException]:
-    async def main() -> list[np.ndarray | BaseException]:
-        return await asyncio.gather(
-            *(batcher.infer(model, r) for r in requests), return_exceptions=True
-        )
+def request(
+    batcher: Batcher, x: np.ndarray, outputs: tuple[str, ...] = ("y",)
+) -> asyncio.Future[list[np.ndarray]]:
+    return batcher.infer({"x": x}, outputs, len(x))
+
+
+def run_all(batcher: Batcher, *xs: np.ndarray) -> list[Any]:
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(request(batcher, x) for x in xs), return_exceptions=True)
 
     return asyncio.run(main())
 
 
+def ys(results: list[Any]) -> list[list[float]]:
+    return [r[0].ravel().tolist() for r in results]
+
+
 def test_requests_of_one_turn_share_one_call_and_get_their_own_rows() -> None:
     model, metrics = FakeModel(), Recorded()
-    results = run(Batcher(100, metrics), model, rows(1), rows(2, 3), rows(4))
+    results = run_all(Batcher(model, 100, metrics=metrics), rows(1), rows(2, 3), rows(4))  # type: ignore[arg-type]
     assert model.calls == [4] and metrics.calls == [4]
-    got = [r.ravel().tolist() for r in results if isinstance(r, np.ndarray)]
-    assert got == [[2], [4, 6], [8]]
+    assert ys(results) == [[2], [4, 6], [8]]
     # Each request: its own rows, the time of the call they shared.
-    assert [rows for _, rows in metrics.inferences] == [1, 2, 1]
+    assert [n for _, n in metrics.inferences] == [1, 2, 1]
     assert len({seconds for seconds, _ in metrics.inferences}) == 1
 
 
 def test_a_request_alone_runs_alone_without_waiting_for_company() -> None:
     model, metrics = FakeModel(), Recorded()
-    (result,) = run(Batcher(100, metrics), model, rows(5))
+    (result,) = run_all(Batcher(model, 100, metrics=metrics), rows(5))  # type: ignore[arg-type]
     assert model.calls == [1] and metrics.calls == [1]
-    assert isinstance(result, np.ndarray) and result.tolist() == [[10]]
-    assert [rows for _, rows in metrics.inferences] == [1]
+    assert result[0].tolist() == [[10]]
 
 
-def test_a_call_holds_at_most_max_rows() -> None:
+def test_a_call_holds_at_most_max_rows_and_a_request_is_never_split() -> None:
     model = FakeModel()
-    results = run(Batcher(4), model, rows(1, 1), rows(2, 2), rows(3, 3), rows(4))
+    results = run_all(Batcher(model, 4), rows(1, 1), rows(2, 2), rows(3, 3), rows(4))  # type: ignore[arg-type]
     assert model.calls == [4, 3]
-    assert [r.ravel().tolist() for r in results] == [[2, 2], [4, 4], [6, 6], [8]]
+    assert ys(results) == [[2, 2], [4, 4], [6, 6], [8]]
+    big = FakeModel()
+    assert ys(run_all(Batcher(big, 2), rows(1, 2, 3))) == [[2, 4, 6]]  # type: ignore[arg-type]
+    assert big.calls == [3]
 
 
-def test_a_failing_shared_call_is_retried_request_by_request() -> None:
-    model, metrics = FakeModel(), Recorded()
-    good, bad, other = run(Batcher(100, metrics), model, rows(1), rows(-1), rows(2))
-    assert model.calls == [3, 1, 1, 1]
-    assert isinstance(bad, ValueError)
-    assert isinstance(good, np.ndarray) and good.tolist() == [[2]]
-    assert isinstance(other, np.ndarray) and other.tolist() == [[4]]
-    assert metrics.calls == [1, 1]  # the calls that succeeded
+def test_a_model_with_a_fixed_first_dimension_serves_requests_one_by_one() -> None:
+    model = FakeModel(first=1)
+    batcher = Batcher(model, 100)  # type: ignore[arg-type]
+    assert not batcher.stacking
+    results = run_all(batcher, rows(1), rows(2), rows(3))
+    assert model.calls == [1, 1, 1]
+    assert ys(results) == [[2], [4], [6]]
 
 
-def test_a_cancelled_request_is_left_out() -> None:
+def test_max_rows_of_zero_or_one_turns_stacking_off() -> None:
+    for max_rows in (0, 1):
+        model = FakeModel()
+        run_all(Batcher(model, max_rows), rows(1), rows(2))  # type: ignore[arg-type]
+        assert model.calls == [1, 1]
+
+
+def test_requests_of_other_non_batch_dimensions_are_not_stacked() -> None:
     model = FakeModel()
+    results = run_all(
+        Batcher(model, 100),  # type: ignore[arg-type]
+        rows(1, width=2),
+        rows(2, width=3),
+        rows(3, width=2),
+    )
+    assert sorted(model.calls) == [1, 2]  # the two of width 2 together, the other alone
+    assert ys(results) == [[2, 2], [4, 4, 4], [6, 6]]
+
+
+def test_requests_for_other_outputs_are_not_stacked() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, 100)  # type: ignore[arg-type]
 
     async def main() -> list[Any]:
-        batcher = Batcher(100)
-        first = batcher.infer(model, rows(1))
-        second = batcher.infer(model, rows(2))
-        first.cancel()
-        done = await second
-        return [first.cancelled(), done.tolist()]
+        return await asyncio.gather(
+            request(batcher, rows(1), ("y",)),
+            request(batcher, rows(2), ("total",)),
+            request(batcher, rows(3), ("y",)),
+        )
 
-    assert asyncio.run(main()) == [True, [[4]]]
+    results = asyncio.run(main())
+    assert sorted(model.calls) == [1, 2]
+    assert [r[0].ravel().tolist() for r in results] == [[2], [2], [6]]
+
+
+def test_a_failing_shared_call_fails_only_the_request_at_fault() -> None:
+    model = FakeModel()
+    results = run_all(Batcher(model, 100), rows(1), rows(-1), rows(3))  # type: ignore[arg-type]
+    assert model.calls == [3, 1, 1, 1]  # the shared call, then each alone
+    assert ys([results[0], results[2]]) == [[2], [6]]
+    assert isinstance(results[1], ApiError) and "negative input" in results[1].message
+
+
+def test_a_model_answering_other_rows_than_asked_is_no_longer_stacked() -> None:
+    model = FakeModel()
+    model.wrong_rows = True
+    batcher = Batcher(model, 100)  # type: ignore[arg-type]
+    run_all(batcher, rows(1), rows(2))
+    assert not batcher.stacking
+    assert model.calls == [2, 1, 1]
+
+
+def test_a_request_waits_for_company_at_most_max_delay() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, 100, max_delay=0.5)  # type: ignore[arg-type]
+
+    async def main() -> float:
+        started = time.perf_counter()
+        first = request(batcher, rows(1))
+        await asyncio.sleep(0.05)  # well within the delay: joins the first
+        second = request(batcher, rows(2))
+        await asyncio.gather(first, second)
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(main())
+    assert model.calls == [2]
+    assert 0.5 <= elapsed < 10  # waited the delay, and not forever
+
+
+def test_a_full_batch_does_not_wait_for_the_delay() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, 2, max_delay=60)  # type: ignore[arg-type]
+
+    async def main() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(request(batcher, rows(1)), request(batcher, rows(2)))
+        return time.perf_counter() - started
+
+    assert asyncio.run(main()) < 30
+    assert model.calls == [2]
+
+
+def test_in_a_thread_requests_arriving_during_a_call_form_the_next_one() -> None:
+    model = FakeModel(delay=0.3)
+    batcher = Batcher(model, 100, in_thread=True)  # type: ignore[arg-type]
+
+    async def main() -> list[Any]:
+        first = request(batcher, rows(1))
+        await asyncio.sleep(0.05)  # the first call is running (0.3 s) in the thread
+        later = [request(batcher, rows(v)) for v in (2, 3, 4)]
+        return await asyncio.gather(first, *later)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert model.calls == [1, 3]
+    assert ys(results) == [[2], [4], [6], [8]]
+    assert threading.get_ident() not in model.threads
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_a_cancelled_request_is_dropped_and_the_others_answered(in_thread: bool) -> None:
+    model = FakeModel()
+    batcher = Batcher(model, 100, in_thread=in_thread)  # type: ignore[arg-type]
+
+    async def main() -> list[Any]:
+        gone = request(batcher, rows(1))
+        kept = request(batcher, rows(2))
+        gone.cancel()
+        return await asyncio.gather(kept)
+
+    try:
+        assert ys(asyncio.run(main())) == [[4]]
+    finally:
+        batcher.close()
     assert model.calls == [1]
-
-
-@pytest.mark.parametrize("count", [2, 7])
-def test_with_the_real_model_each_request_gets_what_it_would_alone(count: int) -> None:
-    from model_api.model import OnnxModel
-    from tests.conftest import MODEL_V1
-
-    model = OnnxModel.load(MODEL_V1)
-    rng = np.random.default_rng(count)
-    requests = [rng.uniform(0, 8, size=(1 + i % 3, 4)).astype(np.float32) for i in range(count)]
-    results = run(Batcher(1024), model, *requests)
-    for request, result in zip(requests, results, strict=True):
-        assert isinstance(result, np.ndarray)
-        np.testing.assert_allclose(result, model.predict_proba(request), rtol=1e-6)

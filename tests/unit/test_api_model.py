@@ -1,35 +1,65 @@
-"""model_api.model: loading a model directory, or refusing it with a reason."""
+"""model_api.model and model_config: loading a version directory, or refusing it with a
+reason; what its optional files and the config change."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.helper as oh
 import pytest
 
+from model_api.dataplane import prepare
 from model_api.errors import ModelInvalidError, ModelMissingError
-from model_api.model import OnnxModel, resolve_model_dir
+from model_api.model import OnnxModel, create_session, resolve_model_dir, session_options
+from model_api.model_config import CONFIG_FILE, ModelConfig, OnnxRuntime
 from tests.conftest import MODEL_V1, SETOSA
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "v1"
+    target = tmp_path / "iris_svc" / "v1"
     shutil.copytree(MODEL_V1, target)
     return target
+
+
+def write_model(path: Path, graph: onnx.GraphProto) -> Path:
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path / "model.onnx")
+    return path
+
+
+def identity(dtype: int, name: str = "x") -> onnx.GraphProto:
+    return oh.make_graph(
+        [oh.make_node("Identity", [name], ["y"])],
+        "identity",
+        [oh.make_tensor_value_info(name, dtype, ["batch", 2])],
+        [oh.make_tensor_value_info("y", dtype, ["batch", 2])],
+    )
 
 
 def test_loads_the_committed_model() -> None:
     model = OnnxModel.load(MODEL_V1)
     assert (model.name, model.version) == ("iris_svc", "v1")
     assert model.labels == ["setosa", "versicolor", "virginica"]
-    assert model.n_features == 4
+    assert [t.metadata() for t in model.signature.inputs] == [
+        {"name": "input", "datatype": "FP32", "shape": [-1, 4]}
+    ]
+    assert [t.name for t in model.signature.outputs] == ["label", "probabilities"]
+    assert model.signature.batchable
     assert model.sample == [SETOSA]
-    proba = model.predict_proba(np.array([SETOSA], dtype=np.float32))
-    assert proba.shape == (1, 3) and proba[0].argmax() == 0
-    model.warmup()
+    label, proba = model.run(
+        {"input": np.array([SETOSA], dtype=np.float32)}, ["label", "probabilities"]
+    )
+    assert label.tolist() == [0] and proba.shape == (1, 3) and proba[0].argmax() == 0
+    prepare(model)
+    assert model.latency > 0
 
 
 def test_prefers_the_loaders_current_link(tmp_path: Path) -> None:
@@ -44,10 +74,29 @@ def test_missing_model_file(tmp_path: Path) -> None:
         OnnxModel.load(tmp_path)
 
 
-def test_missing_labels(model_dir: Path) -> None:
-    (model_dir / "label.json").unlink()
-    with pytest.raises(ModelMissingError, match=r"no label\.json"):
-        OnnxModel.load(model_dir)
+def test_a_directory_with_only_model_onnx_is_servable(model_dir: Path) -> None:
+    for name in ("label.json", "sample.json"):
+        (model_dir / name).unlink()
+    model = OnnxModel.load(model_dir)
+    assert model.labels is None and model.sample is None
+    prepare(model)  # warms up on zeros
+
+
+def test_name_and_version_from_manifest_then_layout_then_settings(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    assert OnnxModel.load(model_dir).identity.name == "iris_svc"  # the layout
+    (model_dir / "manifest.json").write_text(
+        json.dumps({"model_name": "flowers", "model_version": "2024-06"})
+    )
+    assert (OnnxModel.load(model_dir).name, OnnxModel.load(model_dir).version) == (
+        "flowers",
+        "2024-06",
+    )
+    flat = tmp_path / "somewhere"
+    shutil.copytree(MODEL_V1, flat)
+    loaded = OnnxModel.load(flat, name="given", version="7")
+    assert (loaded.name, loaded.version) == ("given", "7")
 
 
 def test_corrupt_onnx(model_dir: Path) -> None:
@@ -58,8 +107,8 @@ def test_corrupt_onnx(model_dir: Path) -> None:
 
 def test_labels_that_do_not_fit_the_model(model_dir: Path) -> None:
     (model_dir / "label.json").write_text(json.dumps({"0": "a", "1": "b"}))
-    with pytest.raises(ModelInvalidError, match=r"3 classes but label\.json has 2 labels"):
-        OnnxModel.load(model_dir)
+    with pytest.raises(ModelInvalidError, match=r"outputs have \[3\] classes but its labels are 2"):
+        prepare(OnnxModel.load(model_dir))
 
 
 def test_bytes_that_differ_from_the_manifest(model_dir: Path) -> None:
@@ -75,37 +124,130 @@ def test_malformed_label_json(model_dir: Path) -> None:
         OnnxModel.load(model_dir)
 
 
-def test_one_row_through_bound_buffers_equals_session_run() -> None:
-    model = OnnxModel.load(MODEL_V1)
-    model.warmup()
-    rows = np.array([[5.9, 3.0, 5.1, 1.8], [5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-    for row in rows:
-        one = row.reshape(1, -1)
-        (expected,) = model.session.run([model.probabilities_name], {model.input_name: one})
-        got = model.predict_proba(one)
-        assert np.array_equal(got, expected)
-    first = model.predict_proba(rows[:1])
-    model.predict_proba(rows[1:])
-    assert np.array_equal(first, model.predict_proba(rows[:1]))  # answers are copies
+def test_signer_comes_from_the_manifest(model_dir: Path) -> None:
+    assert OnnxModel.load(model_dir).signer is None
+    signature = {"signer": "sha256:ab12", "digest": "sha256:cd34"}
+    (model_dir / "manifest.json").write_text(json.dumps({"signature": signature}))
+    assert OnnxModel.load(model_dir).signer == "sha256:ab12"
 
 
-def test_a_concurrent_one_row_call_falls_back_to_session_run() -> None:
-    model = OnnxModel.load(MODEL_V1)
-    bound = model._one_row
-    assert bound is not None
-    row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-    with bound._busy:  # another thread is inside the bound run
-        assert bound.run(row) is None
-        assert model.predict_proba(row).shape == (1, 3)
+# -- model-config.json ---------------------------------------------------------------------
 
 
-def test_bound_buffers_that_disagree_are_dropped_at_warmup(
-    monkeypatch: pytest.MonkeyPatch,
+def test_config_labels_win_over_label_json(model_dir: Path) -> None:
+    (model_dir / CONFIG_FILE).write_text(json.dumps({"labels": ["a", "b", "c"]}))
+    assert OnnxModel.load(model_dir).labels == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("{", "not valid JSON"),
+        ('{"batching": {"max_batch_sise": 4}}', "batching.max_batch_sise: Extra inputs"),
+        ('{"batching": {"max_batch_size": -1}}', "batching.max_batch_size: Input should be"),
+        ('{"onnxruntime": {"graph_optimization_level": "max"}}', "graph_optimization_level"),
+        ('{"labels": []}', "labels: List should have at least 1 item"),
+    ],
+)
+def test_a_bad_config_is_refused_naming_the_field(
+    model_dir: Path, config: str, message: str
 ) -> None:
-    model = OnnxModel.load(MODEL_V1)
-    assert model._one_row is not None
-    monkeypatch.setattr(model._one_row, "run", lambda row: np.zeros((1, 3), dtype=np.float32))
-    model.warmup()
-    assert model._one_row is None
-    row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-    assert model.predict_proba(row)[0][0] > 0.9
+    (model_dir / CONFIG_FILE).write_text(config)
+    with pytest.raises(ModelInvalidError, match=CONFIG_FILE) as caught:
+        OnnxModel.load(model_dir)
+    assert message in str(caught.value)
+
+
+def test_config_warmup_requests_run_and_a_bad_one_is_refused(model_dir: Path) -> None:
+    good = {"name": "input", "datatype": "FP32", "shape": [2, 4], "data": SETOSA * 2}
+    (model_dir / CONFIG_FILE).write_text(json.dumps({"warmup": [{"inputs": [good]}]}))
+    prepare(OnnxModel.load(model_dir))
+    bad = {**good, "shape": [2, 3]}
+    (model_dir / CONFIG_FILE).write_text(json.dumps({"warmup": [{"inputs": [bad]}]}))
+    with pytest.raises(ModelInvalidError, match=r"warmup\.0: inputs\.0 \('input'\)\.shape"):
+        prepare(OnnxModel.load(model_dir))
+
+
+def test_config_threads_and_session_options(model_dir: Path) -> None:
+    (model_dir / CONFIG_FILE).write_text(
+        json.dumps({"onnxruntime": {"intra_op_threads": 3, "graph_optimization_level": "basic"}})
+    )
+    model = OnnxModel.load(model_dir, threads=1)
+    assert model.threads == 3  # the model's config wins over the server's choice
+    options = session_options(model.config, 3)
+    assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1
+    assert options.graph_optimization_level.name == "ORT_ENABLE_BASIC"
+
+
+def test_execution_providers_by_preference_with_cpu_as_last_resort() -> None:
+    runtime = OnnxRuntime(
+        execution_providers=[
+            {"name": "CUDAExecutionProvider", "options": {"device_id": 0}},  # type: ignore[list-item]
+            "CPUExecutionProvider",
+        ]
+    )
+    # A build with CUDA (onnxruntime-gpu): CUDA first, with its options.
+    chosen, skipped = runtime.providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert chosen == [("CUDAExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {})]
+    assert skipped == []
+    # This build (CPU only): CUDA skipped, said so.
+    chosen, skipped = runtime.providers(["CPUExecutionProvider"])
+    assert chosen == [("CPUExecutionProvider", {})] and skipped == ["CUDAExecutionProvider"]
+    # CPU is added even when the config names only others.
+    only_gpu = OnnxRuntime(execution_providers=["CUDAExecutionProvider"])
+    assert only_gpu.providers(["CPUExecutionProvider"])[0] == [("CPUExecutionProvider", {})]
+
+
+def test_a_missing_provider_is_a_warning_not_a_failure(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ModelConfig(onnxruntime=OnnxRuntime(execution_providers=["CUDAExecutionProvider"]))
+    with caplog.at_level(logging.WARNING):
+        session = create_session(
+            model_dir / "model.onnx", config, 1, available=["CPUExecutionProvider"]
+        )
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert "CUDAExecutionProvider" in caplog.text and "not in this onnxruntime build" in caplog.text
+
+
+# -- what the protocol can and cannot carry ----------------------------------------------
+
+
+def test_non_tensor_outputs_are_left_out_and_named(tmp_path: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    exported = to_onnx(  # scikit-learn's default export: probabilities as a ZipMap
+        LogisticRegression(max_iter=500).fit(x, y),
+        x[:1].astype(np.float32),
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    (tmp_path / "zipmap" / "v1").mkdir(parents=True)
+    onnx.save(exported, tmp_path / "zipmap" / "v1" / "model.onnx")
+    model = OnnxModel.load(tmp_path / "zipmap" / "v1")
+    assert [t.name for t in model.signature.outputs] == ["output_label"]
+    assert model.signature.hidden_outputs == ("output_probability",)
+
+
+def test_bfloat16_inputs_are_refused_with_the_reason(tmp_path: Path) -> None:
+    write_model(tmp_path / "bf16" / "v1", identity(onnx.TensorProto.BFLOAT16))
+    with pytest.raises(ModelInvalidError, match=r"input 'x' is tensor\(bfloat16\): BF16"):
+        OnnxModel.load(tmp_path / "bf16" / "v1")
+
+
+def test_symbolic_and_fixed_dimensions(tmp_path: Path) -> None:
+    graph = oh.make_graph(
+        [oh.make_node("Identity", ["x"], ["y"])],
+        "fixed",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, "seq", 3])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, "seq", 3])],
+    )
+    model = OnnxModel.load(write_model(tmp_path / "m" / "1", graph))
+    (spec,) = model.signature.inputs
+    assert spec.shape == (1, -1, 3) and not model.signature.batchable
+    assert spec.shape_problem([1, 7, 3]) is None
+    assert spec.shape_problem([2, 7, 3]) is not None
+    assert spec.shape_problem([1, 7]) is not None
+    assert model.zeros()["x"].shape == (1, 1, 3)

@@ -1,32 +1,43 @@
-"""INFERENCE_MODE=batch: the requests waiting in one event-loop turn share one inference.
+"""Runs a model's inference calls, stacking concurrent requests where the model allows.
 
-Under concurrent load a worker's event loop picks up several requests at a time. Each
-validates its own body, then hands its rows here and waits; once every request of that
-turn has done so (`call_soon` runs after them), their rows run as one `session.run` and
-each gets its own slice back. Nothing waits for a batch to fill: a request alone is run
-alone, in the next turn. For a small model most of an inference is fixed cost per call
-(more so with the CPU caches cold from serving HTTP), so sharing calls is most of the
-gain; for larger models a batch also uses the model's own vectorised kernels.
+Requests are stacked along the first dimension only when the model leaves that dimension
+open on every input and output (`Signature.batchable`), only with requests whose other
+dimensions, datatypes and requested outputs are the same, and only up to
+`max_rows` rows per call. A model with a fixed first dimension (e.g. [1, 4]) gets one
+call per request, in arrival order. A request is never split, and never waits for a
+batch to fill beyond `max_delay` (0: it waits for nothing; Triton's dynamic batcher's
+max_queue_delay).
 
-The batcher records the inference metrics: the rows of every call, and per request its
-rows and the time of the call that served it. A request awaits the future `infer`
-returns, which resolves to its probabilities.
+Where the calls run:
+- on the event loop (`in_thread=False`, small models): the requests that arrive in one
+  turn of the loop share a call, run right after that turn. A thread hand-off would cost
+  more than such a model's inference.
+- in one thread of their own (`in_thread=True`, models whose inference takes
+  milliseconds): the loop keeps reading requests while a call runs; when it ends, the
+  requests that arrived meanwhile form the next call. ONNX Runtime releases the GIL.
 
-A batch holds at most MAX_BATCH_SIZE rows; requests that do not fit run in the next
-call. If a shared call fails, its requests are run one by one, so one bad request cannot
-fail the others.
+If a stacked call fails, or answers with a first dimension that is not the sum of the
+requests' rows, its requests are run one by one (so one bad request fails alone), and
+in the second case the model is not stacked again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
+from model_api.errors import translate_inference_error
 from model_api.model import OnnxModel
+
+log = logging.getLogger(__name__)
+
+Arrays = list[np.ndarray]
 
 
 class Recorder(Protocol):
@@ -39,71 +50,186 @@ class Recorder(Protocol):
 
 @dataclass(slots=True)
 class _Waiting:
-    model: OnnxModel
-    rows: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    rows: int
+    key: Any  # requests with equal keys may share a call; a unique one: it runs alone
+    since: float
+    future: asyncio.Future[Arrays]
+
+
+@dataclass(slots=True)
+class _Call:
+    batch: list[_Waiting]
+    rows: int
+    results: list[Arrays | BaseException] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 class Batcher:
-    def __init__(self, max_rows: int, metrics: Recorder | None = None) -> None:
-        self.max_rows = max_rows
+    def __init__(
+        self,
+        model: OnnxModel,
+        max_rows: int,
+        max_delay: float = 0.0,
+        in_thread: bool = False,
+        metrics: Recorder | None = None,
+    ) -> None:
+        self.model = model
+        self.stacking = model.signature.batchable and max_rows > 1
+        self.max_rows = max(1, max_rows)
+        self.max_delay = max_delay
         self.metrics = metrics
+        self._executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="inference") if in_thread else None
+        )
         self._waiting: list[_Waiting] = []
-        # The loop of the waiting requests: looked up once per batch, not per request
-        # (get_running_loop() makes a getpid() system call).
+        self._running = False  # a call is in the thread
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._soon = False  # the timer is a call_soon, not a wait
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def infer(self, model: OnnxModel, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
-        if not self._waiting or self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._loop.call_soon(self._run)
-        future: asyncio.Future[np.ndarray] = self._loop.create_future()
-        self._waiting.append(_Waiting(model, rows, future))
+    @property
+    def in_thread(self) -> bool:
+        return self._executor is not None
+
+    def infer(
+        self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...], rows: int | None
+    ) -> asyncio.Future[Arrays]:
+        """The outputs, in order, for one request: a future of the loop it runs on."""
+        loop = self._loop
+        if loop is None or not self._waiting:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Arrays] = loop.create_future()
+        if self.stacking and rows is not None:
+            key: Any = (outputs, *((n, a.shape[1:], a.dtype) for n, a in inputs.items()))
+        else:
+            key = future
+        self._waiting.append(_Waiting(inputs, outputs, rows or 1, key, loop.time(), future))
+        self._schedule(loop)
         return future
 
-    def _run(self) -> None:
-        waiting = [w for w in self._waiting if not w.future.done()]  # done: cancelled
-        batch, rows = [], 0
-        for w in waiting:
-            if batch and (rows + len(w.rows) > self.max_rows or w.model is not batch[0].model):
-                break
-            batch.append(w)
-            rows += len(w.rows)
-        self._waiting = waiting[len(batch) :]
-        if self._waiting:
-            asyncio.get_running_loop().call_soon(self._run)
-        if not batch:
-            return
-        if len(batch) == 1:
-            self._run_alone(batch[0])
-            return
-        started = time.perf_counter()
-        try:
-            probabilities = batch[0].model.predict_proba(np.concatenate([w.rows for w in batch]))
-        except Exception:
-            for w in batch:
-                self._run_alone(w)
-            return
-        seconds = time.perf_counter() - started
-        if self.metrics is not None:
-            self.metrics.record_call(rows)
-        start = 0
-        for w in batch:
-            end = start + len(w.rows)
-            w.future.set_result(probabilities[start:end])
-            if self.metrics is not None:
-                self.metrics.record_inference(seconds, end - start)
-            start = end
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _run_alone(self, w: _Waiting) -> None:
-        started = time.perf_counter()
-        try:
-            probabilities = w.model.predict_proba(w.rows)
-        except Exception as exc:
-            w.future.set_exception(exc)
+    # -- scheduling --------------------------------------------------------------------
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the next call soon, or when its oldest request has waited max_delay."""
+        if self._running or not self._waiting:
             return
-        seconds = time.perf_counter() - started
-        w.future.set_result(probabilities)
-        if self.metrics is not None:
-            self.metrics.record_call(len(w.rows))
-            self.metrics.record_inference(seconds, len(w.rows))
+        wait = self._wait(loop.time())
+        if self._timer is not None:
+            if wait > 0 or self._soon:
+                return
+            self._timer.cancel()  # the batch filled before the delay ran out
+        self._soon = wait <= 0
+        if self._soon:
+            self._timer = loop.call_soon(self._next)
+        else:
+            self._timer = loop.call_later(wait, self._next)
+
+    def _wait(self, now: float) -> float:
+        """How long the oldest request may still wait for others to fill its batch."""
+        if self.max_delay <= 0 or not self.stacking:
+            return 0.0
+        first = self._waiting[0]
+        rows = sum(w.rows for w in self._waiting if w.key == first.key)
+        if rows >= self.max_rows:
+            return 0.0
+        return first.since + self.max_delay - now
+
+    def _next(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        self._waiting = [w for w in self._waiting if not w.future.done()]  # done: cancelled
+        if not self._waiting:
+            return
+        call = self._take()
+        if self._executor is None:
+            self._run(call)
+            self._finish(call)
+            self._schedule(loop)
+            return
+        self._running = True
+        done = loop.run_in_executor(self._executor, self._run, call)
+        done.add_done_callback(lambda _: self._after_thread(call, loop))
+
+    def _after_thread(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
+        self._running = False
+        self._finish(call)
+        self._schedule(loop)
+
+    def _take(self) -> _Call:
+        """The first waiting request and those that may share its call, in order."""
+        first = self._waiting[0]
+        batch, rows, rest = [first], first.rows, []
+        for w in self._waiting[1:]:
+            if w.key == first.key and rows + w.rows <= self.max_rows:
+                batch.append(w)
+                rows += w.rows
+            else:
+                rest.append(w)
+        self._waiting = rest
+        return _Call(batch, rows)
+
+    # -- the call (on the loop, or in the thread) ---------------------------------------
+    def _run(self, call: _Call) -> None:
+        started = time.perf_counter()
+        batch = call.batch
+        if len(batch) > 1:
+            stacked = self._stacked(call)
+            if stacked is not None:
+                call.results = stacked
+                call.seconds = time.perf_counter() - started
+                return
+        call.results = [self._alone(w) for w in batch]
+        call.seconds = time.perf_counter() - started
+
+    def _stacked(self, call: _Call) -> list[Arrays | BaseException] | None:
+        first = call.batch[0]
+        inputs = {n: np.concatenate([w.inputs[n] for w in call.batch]) for n in first.inputs}
+        try:
+            outputs = self.model.run(inputs, first.outputs)
+        except Exception:
+            return None  # one of them may be at fault: each alone
+        if any(o.ndim == 0 or o.shape[0] != call.rows for o in outputs):
+            log.warning(
+                "the model answered %s rows for a batch of %d: requests are no longer stacked",
+                [o.shape[:1] for o in outputs],
+                call.rows,
+            )
+            self.stacking = False
+            return None
+        results: list[Arrays | BaseException] = []
+        start = 0
+        for w in call.batch:
+            end = start + w.rows
+            results.append([o[start:end] for o in outputs])
+            start = end
+        return results
+
+    def _alone(self, w: _Waiting) -> Arrays | BaseException:
+        try:
+            return self.model.run(w.inputs, w.outputs)
+        except Exception as exc:  # onnxruntime's errors: the request's answer
+            error = translate_inference_error(exc)
+            if error.status_code >= 500:
+                log.error("inference failed", exc_info=exc)
+            return error
+
+    def _finish(self, call: _Call) -> None:
+        """Hand each request its result (on the loop)."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.record_call(call.rows)
+        for w, result in zip(call.batch, call.results, strict=True):
+            if w.future.done():
+                continue
+            if isinstance(result, BaseException):
+                w.future.set_exception(result)
+            else:
+                w.future.set_result(result)
+                if metrics is not None:
+                    metrics.record_inference(call.seconds, w.rows)

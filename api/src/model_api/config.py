@@ -2,37 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-def cpu_count(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: the affinity mask, capped by a cgroup CPU quota
-    (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), rounded up — what a container limit allows."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    quota = _cgroup_quota(cgroup_root)
-    if quota is not None:
-        cpus = min(cpus or 1, math.ceil(quota))
-    return max(1, cpus or 1)
-
-
-def _cgroup_quota(root: Path) -> float | None:
-    try:  # cgroup v2: "max 100000" or "150000 100000"
-        limit, period = (root / "cpu.max").read_text().split()[:2]
-        return None if limit == "max" else int(limit) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1: quota -1 means unlimited
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return None if quota <= 0 or period <= 0 else quota / period
-    except (OSError, ValueError):
-        return None
 
 
 class ApiSettings(BaseSettings):
@@ -44,14 +17,25 @@ class ApiSettings(BaseSettings):
     # How long to wait for model.onnx to appear (answering /ready with 503 meanwhile)
     # before giving up with exit code 3. 0: the model must be there at start.
     model_wait_seconds: float = Field(default=0, ge=0, validation_alias="MODEL_WAIT_SECONDS")
+    # The served model's name and version when neither the loader's manifest nor the
+    # directory layout <name>/<version>/ says (the loader reads the same two names).
+    model_name: str = Field(default="model", min_length=1, validation_alias="MODEL_NAME")
+    model_version: str = Field(default="1", min_length=1, validation_alias="MODEL_VERSION")
 
     host: str = Field(default="0.0.0.0", validation_alias="API_HOST")
     port: int = Field(default=8000, ge=1, le=65535, validation_alias="API_PORT")
-    # Worker processes; "auto" (the default): the CPUs the container may use.
-    workers: int = Field(default_factory=cpu_count, ge=1, le=64, validation_alias="API_WORKERS")
+    # Worker processes; "auto" (the default, None here): by the model and the container,
+    # model_api.capacity.plan.
+    workers: int | None = Field(default=None, ge=1, le=64, validation_alias="API_WORKERS")
     # Idle keep-alive connections are closed after this many seconds.
     keep_alive_seconds: int = Field(default=5, ge=1, validation_alias="API_KEEP_ALIVE_SECONDS")
 
+    # The request line and headers: at most this many bytes and header lines, else 431
+    # and closed (model_api.guard).
+    max_head_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1 << 20, validation_alias="API_MAX_HEAD_BYTES"
+    )
+    max_headers: int = Field(default=100, ge=8, le=10_000, validation_alias="API_MAX_HEADERS")
     # Request headers must be complete this long after the connection opened (or after the
     # request's first byte on a keep-alive connection): else 408 and closed (slowloris).
     header_timeout_seconds: float = Field(
@@ -69,35 +53,33 @@ class ApiSettings(BaseSettings):
     drain_seconds: float = Field(default=3, ge=0, validation_alias="API_DRAIN_SECONDS")
 
     # Rows per request; larger batches get 422 (400 on V2) instead of tying up a worker.
+    # Also the most rows one model call stacks from several requests, unless the model's
+    # config (model-config.json, batching.max_batch_size) says otherwise.
     max_batch_size: int = Field(default=1024, ge=1, validation_alias="MAX_BATCH_SIZE")
     # Request bodies larger than this get 413 before they are read whole.
     max_body_bytes: int = Field(default=1 << 20, ge=1024, validation_alias="MAX_BODY_BYTES")
-    # ONNX Runtime threads per worker; 1 avoids oversubscribing small CPU limits.
-    ort_threads: int = Field(default=1, ge=1, le=64, validation_alias="ORT_INTRA_OP_THREADS")
-    # batch: on the event loop, the requests waiting in one loop turn share one inference
-    # (model_api.batching); inline: on the event loop, one inference per request; threadpool:
-    # in the threadpool (keeps the loop responsive for models that take milliseconds).
+    # ONNX Runtime intra-op threads per worker; "auto" (None here): the CPUs divided by
+    # the workers (model_api.capacity). A model's config may set its own.
+    ort_threads: int | None = Field(
+        default=None, ge=1, le=256, validation_alias="ORT_INTRA_OP_THREADS"
+    )
+    # Where inference runs: loop (on the event loop: no hand-off, for models of well under
+    # a millisecond), thread (in a thread of its own, so the loop keeps serving while a
+    # call runs), auto (by the model's warm-up latency, model_api.dataplane).
     inference_mode: str = Field(
-        default="batch",
-        pattern="^(batch|inline|threadpool)$",
-        validation_alias="INFERENCE_MODE",
+        default="auto", pattern="^(auto|loop|thread)$", validation_alias="INFERENCE_MODE"
     )
 
     # One line per request (model_api.access, INFO). Off: metrics still count every request;
     # at thousands of requests per second the lines cost ~a third of the request's time.
     access_log: bool = Field(default=True, validation_alias="API_ACCESS_LOG")
 
-    # The hot routes (POST /predict, V2 infer, ...) answered from the HTTP protocol without
-    # an ASGI cycle (model_api.protocol): ~25% more requests per second for a small
-    # model. false: every request goes through ASGI.
-    direct_hot_path: bool = Field(default=True, validation_alias="API_DIRECT_HOT_PATH")
-
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     log_format: str = Field(default="text", pattern="^(text|json)$", validation_alias="LOG_FORMAT")
 
-    @field_validator("workers", mode="before")
+    @field_validator("workers", "ort_threads", mode="before")
     @classmethod
-    def _auto_workers(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
-            return cpu_count()
-        return value
+    def _auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto", "0"):
+            return None
+        return None if value == 0 else value

@@ -1,11 +1,15 @@
 """The API's exceptions, and the one handler that turns them into JSON errors.
 
-    ModelError                     the model directory cannot be served (startup)
-    ├── ModelMissingError          model.onnx / label.json absent
-    └── ModelInvalidError          unreadable, corrupt, or not the shape we serve
+    ModelError                     the model cannot be served (startup: exit 3)
+    ├── ModelMissingError          no model.onnx
+    ├── ModelInvalidError          unreadable, corrupt, refused by ONNX Runtime, a bad
+    │                              model-config.json, a failing warm-up
+    └── ModelTooLargeError         will not fit in the container's memory limit
     ApiError (500)                 raised by routes; rendered as {"error": "..."}
-    ├── BadRequestError (400)      malformed JSON; any bad input on the V2 protocol
-    ├── NotFoundError (404)        no such model / version, no sample
+    ├── BadRequestError (400)      malformed JSON; any bad input on the V2 protocol;
+    │                              an input the model itself refused (ONNX Runtime)
+    ├── NotFoundError (404)        no such model / version, no sample, no labels, a seed
+    │                              route the model's signature does not fit
     ├── PayloadTooLargeError (413) body over MAX_BODY_BYTES
     ├── UnsupportedMediaError (415)
     ├── InvalidInputError (422)    well-formed JSON the model cannot take (seed routes)
@@ -24,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from model_api.schemas import FLOAT32_MAX
 
@@ -37,6 +42,10 @@ class ModelMissingError(ModelError):
 
 
 class ModelInvalidError(ModelError):
+    pass
+
+
+class ModelTooLargeError(ModelError):
     pass
 
 
@@ -78,6 +87,18 @@ class InvalidInputError(ApiError):
 
 class NotReadyError(ApiError):
     status_code = 503
+
+
+def translate_inference_error(exc: Exception) -> ApiError:
+    """An error onnxruntime raised while running a request that passed every check of
+    the signature: an argument it refused (an index out of range, a value the graph
+    cannot take) is the request's fault (400); anything else is ours (500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    message = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, ort_errors.InvalidArgument):
+        return BadRequestError(f"the model refused the input: {message}")
+    return ApiError(f"inference failed: {message}")
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,38 +21,21 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model_api import __version__
-from model_api.batching import Batcher
 from model_api.config import ApiSettings
+from model_api.dataplane import DataPlane, load_model, prepare
 from model_api.drain import Drain
-from model_api.errors import ModelError, ModelMissingError, install_error_handlers
+from model_api.errors import ModelError, install_error_handlers
+from model_api.guard import LIMITS_STATE, Limits
 from model_api.logging import AccessLog, configure_logging
 from model_api.metrics import Metrics
 from model_api.middleware import HotRoutes, RequestMiddleware
 from model_api.model import OnnxModel
-from model_api.protocol import DIRECT_PATH_STATE
 from model_api.routes import health, metrics, seed, v2
 
 log = logging.getLogger(__name__)
 
 LoadErrorHandler = Callable[[ModelError], None]
 EXIT_MODEL = 3
-
-
-def load_model(settings: ApiSettings) -> OnnxModel:
-    """Load and warm up, waiting up to MODEL_WAIT_SECONDS for the model to appear."""
-    deadline = time.monotonic() + settings.model_wait_seconds
-    while True:
-        try:
-            started = time.monotonic()
-            model = OnnxModel.load(settings.model_dir, settings.ort_threads)
-            model.warmup()
-            model.load_seconds = time.monotonic() - started
-            return model
-        except ModelMissingError as exc:
-            if time.monotonic() >= deadline:
-                raise
-            log.info("waiting for the model: %s", exc)
-            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
 
 @dataclass(eq=False)
@@ -64,9 +46,7 @@ class AppState:
     settings: ApiSettings
     metrics: Metrics
     drain: Drain
-    inference_mode: str  # batch, inline or threadpool
-    batcher: Batcher | None = None  # with INFERENCE_MODE=batch
-    model: OnnxModel | None = None
+    dataplane: DataPlane
     load_error: ModelError | None = None
 
 
@@ -87,6 +67,15 @@ class ModelApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def guard_limits(settings: ApiSettings) -> Limits:
+    return Limits(
+        max_head_bytes=settings.max_head_bytes,
+        max_headers=settings.max_headers,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+    )
+
+
 def create_app(
     settings: ApiSettings,
     model: OnnxModel | None = None,
@@ -97,43 +86,47 @@ def create_app(
     after a warm-up inference succeeded."""
     app_metrics = Metrics()
     drain = Drain(settings.drain_seconds)
+    dataplane = DataPlane(settings, app_metrics)
     hot_routes: HotRoutes = dict(seed.HOT_ROUTES)
     access_log = AccessLog.enabled(settings.log_format, settings.access_log)
+    threads = settings.ort_threads or 1
 
-    def serve(app: FastAPI, loaded: OnnxModel) -> None:
+    def serve(loaded: OnnxModel) -> None:
+        dataplane.serve(loaded)
         hot_routes.update(v2.hot_routes(loaded.name, loaded.version))
-        app_metrics.model_info.labels(loaded.name, loaded.version, loaded.sha256).set(1)
+        app_metrics.model_info.labels(
+            loaded.name, loaded.version, loaded.sha256, loaded.signer or ""
+        ).set(1)
         app_metrics.load_seconds.set(loaded.load_seconds)
-        app.state.model = loaded
         log.info("ready: serving %s %s", loaded.name, loaded.version)
 
-    async def load_in_background(app: FastAPI) -> None:
+    async def load_in_background(app: ModelApp) -> None:
         try:
-            loaded = await asyncio.to_thread(load_model, settings)
+            loaded = await asyncio.to_thread(load_model, settings, threads)
         except ModelError as exc:
             app.state.load_error = exc
             log.error("cannot serve the model: %s", exc)
             (on_load_error or _exit_process)(exc)
             return
-        serve(app, loaded)
+        serve(loaded)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any] | None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        assert isinstance(app, ModelApp)
         task = None
         undo_drain = drain.chain_sigterm(asyncio.get_running_loop())
         if model is not None:
-            model.warmup()
-            serve(app, model)
+            prepare(model)
+            serve(model)
         else:
             task = asyncio.create_task(load_in_background(app))
-        # Lifespan state: the server's protocol (model_api.protocol) finds the front door
-        # here for the direct path.
-        yield {DIRECT_PATH_STATE: app.front} if settings.direct_hot_path else None
+        # Lifespan state: uvicorn hands it to each connection's protocol (model_api.guard).
+        yield {LIMITS_STATE: guard_limits(settings)}
         app_metrics.flush()
         if access_log is not None:
             access_log.flush()
         undo_drain()
-        app.state.model = None
+        dataplane.close()
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,22 +136,12 @@ def create_app(
         title="Model-Load API",
         version=__version__,
         description=(
-            "Serves the model the loader published: the seed's contract and the "
-            "Open Inference Protocol (V2)."
+            "Serves the model the loader published over the Open Inference Protocol (V2), "
+            "and the seed's /predict contract for models of rows in, rows out."
         ),
         lifespan=lifespan,
     )
-    app.state = AppState(
-        settings=settings,
-        metrics=app_metrics,
-        drain=drain,
-        inference_mode=settings.inference_mode,
-        batcher=(
-            Batcher(settings.max_batch_size, app_metrics)
-            if settings.inference_mode == "batch"
-            else None
-        ),
-    )
+    app.state = AppState(settings=settings, metrics=app_metrics, drain=drain, dataplane=dataplane)
     install_error_handlers(app)
     app.front = RequestMiddleware(
         app.behind_front,
@@ -190,7 +173,8 @@ def served(app: ModelApp) -> ASGIApp:
 
 
 def app_from_env() -> ASGIApp:
-    """uvicorn factory for API_WORKERS > 1: each worker process builds its own app."""
+    """uvicorn factory for API_WORKERS > 1: each worker process builds its own app (the
+    entry point resolved API_WORKERS and ORT_INTRA_OP_THREADS into the environment)."""
     settings = ApiSettings()
     configure_logging(settings.log_level, settings.log_format)
     return served(create_app(settings))

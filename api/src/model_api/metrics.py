@@ -10,7 +10,6 @@ worker and at most FLUSH_SECONDS behind for the others.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterable
 from typing import Any
@@ -78,8 +77,9 @@ class Metrics:
         )
         self.model_info = Gauge(
             "model_info",
-            "The model being served (value 1), labelled with its name, version and sha256.",
-            ["name", "version", "sha256"],
+            "The model being served (value 1), labelled with its name, version, sha256 and "
+            "signer (empty when the loader verified no signature).",
+            ["name", "version", "sha256", "signer"],
             multiprocess_mode="max",
             registry=r,
         )
@@ -150,17 +150,7 @@ class Metrics:
 
 
 def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
-    """`histogram.observe(v)` for each value, with one update per bucket and one of the
-    sum. Uses the child's bucket values (prometheus-client's internals, pinned by the
-    lock file; tests/unit/test_api_metrics.py checks the result equals observe's)."""
-    histogram._raise_if_not_observable()
-    bounds = histogram._upper_bounds  # sorted, +Inf last: a value goes to the first >= it
-    counts = [0] * len(bounds)
-    total = 0.0
+    """`histogram.observe(v)` for each value (prometheus-client's public interface)."""
+    observe = histogram.observe
     for value in values:
-        counts[bisect_left(bounds, value)] += 1
-        total += value
-    for bucket, count in zip(histogram._buckets, counts, strict=True):
-        if count:
-            bucket.inc(count)
-    histogram._sum.inc(total)
+        observe(value)

@@ -2,17 +2,16 @@
 HTTP request, in front of FastAPI's whole stack (see main.ModelApp).
 
 It also serves the hot operations (POST /predict, V2 infer, ...) itself, by exact method
-and path: their endpoints take a `Call` (the body and the few headers they read) and
-return a `Reply` (the body and its type), with no Starlette request or response object,
-no router, no dependency solving. For a small model those cost several times the
-inference. Everything else, including the 404/405 answers, goes through FastAPI, where
-the same endpoints are also declared (routes.seed, routes.v2), so OpenAPI describes them
-and a V2 path naming another model gets the protocol's 404 there.
+and path, as a lean ASGI router: their endpoints take a `Call` (the body and the few
+headers they read) and return a `Reply` (the body and its type), with no Starlette
+request or response object, no router, no dependency solving. For a small model those
+cost several times the inference. Everything else, including the 404/405 answers, goes
+through FastAPI, where the same endpoints are also declared (routes.seed, routes.v2), so
+OpenAPI describes them and a V2 path naming another model gets the protocol's 404 there.
 
-`exchange` serves a hot request from its facts (headers, body, method, path, client) to
-its answer's bytes: called by `__call__` for a request that came through ASGI, and by the
-HTTP protocol itself for one on the direct path (model_api.protocol.HotCycle, no ASGI
-cycle at all). Either way the same code decides the answer, the metrics and the log line.
+Each answer is reported to the connection's guard (model_api.guard): while we make it,
+the connection waits for us, not for the client; and a client that half-closed gets
+`Connection: close` on its last answer.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_api.errors import ApiError, PayloadTooLargeError
+from model_api.guard import current_guard
 from model_api.logging import AccessLog, request_id
 from model_api.metrics import Metrics
 
@@ -43,13 +43,14 @@ QUIET_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/rea
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 UNMATCHED = "<unmatched>"
 JSON = b"application/json"
+CLOSE = (b"connection", b"close")
 
 
 @dataclass(slots=True)
 class Call:
     """A request to a hot endpoint: what the endpoints read of it, nothing more."""
 
-    state: Any  # main.AppState: settings, model, metrics, batcher...
+    state: Any  # main.AppState: settings, dataplane, metrics...
     body: bytes
     request_id: str
     path_params: dict[str, str]
@@ -108,19 +109,13 @@ async def via_router(request: Request, endpoint: HotEndpoint) -> Response:
 
 
 class ClientDisconnected(Exception):
-    """The client went away before its body arrived (or the body timeout closed it)."""
-
-
-# A hot endpoint's answer on the wire: status, headers (without the server's default
-# ones), body.
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
-BodyReader = Callable[[], Awaitable[bytes]]
+    """The client went away before its body arrived."""
 
 
 class RequestHeaders:
     """What the front door reads of a request's headers, in one pass over them."""
 
-    __slots__ = ("content_type", "encoding", "forwarded", "header_length", "length", "request_id")
+    __slots__ = ("content_type", "encoding", "header_length", "length", "request_id")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.length: bytes | None = None
@@ -128,7 +123,6 @@ class RequestHeaders:
         self.encoding = b"identity"
         self.request_id = b""  # a valid X-Request-ID, else b""
         self.header_length: bytes | None = None
-        self.forwarded = False  # X-Forwarded-For/-Proto: uvicorn's proxy headers apply
         for name, value in headers:
             if name == b"content-type":
                 self.content_type = value
@@ -140,8 +134,6 @@ class RequestHeaders:
                 self.encoding = value
             elif name == b"inference-header-content-length":
                 self.header_length = value
-            elif name == b"x-forwarded-for" or name == b"x-forwarded-proto":
-                self.forwarded = True
 
 
 class RequestMiddleware:
@@ -169,77 +161,55 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        hot = self.hot_routes.get((scope["method"], scope["path"]))
-        if hot is None:
-            await self._other(scope, receive, send)
-            return
-
-        async def read_body() -> bytes:
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                return message.get("body", b"")  # type: ignore[no-any-return]  # the usual case
-            return await self._body(message, receive)
-
-        answer = await self.exchange(
-            hot,
-            RequestHeaders(scope["headers"]),
-            read_body,
-            scope["method"],
-            scope["path"],
-            scope.get("client"),
-            scope.get("http_version", "1.1"),
-        )
-        if answer is not None:
-            status, headers, body = answer
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-    async def exchange(
-        self,
-        hot: HotRoute,
-        headers: RequestHeaders,
-        body: bytes | BodyReader,
-        method: str,
-        path: str,
-        client: tuple[str, int] | None,
-        http_version: str,
-    ) -> Answer | None:
-        """Serve one request to a hot route: its answer, or None if the client left.
-        For the ASGI path above and for the protocol's direct path (protocol.HotCycle).
-        `body`: the whole body, or how to await it (not awaited if refused at once)."""
         started = time.perf_counter()
-        rid = headers.request_id or self._new_request_id()
+        headers = RequestHeaders(scope["headers"])
+        rid = headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
         rid_text = rid.decode()
         token = request_id.set(rid_text)
+        hot = self.hot_routes.get((scope["method"], scope["path"]))
         status = 500
         try:
-            answer = await self._answer(hot, headers, body, rid, rid_text)
-            status = answer[0]
-            return answer
+            if hot is None:
+                status = await self._other(scope, receive, send, headers, rid)
+            else:
+                status = await self._hot(hot, receive, send, headers, rid, rid_text)
         except ClientDisconnected:
             status = 499  # nginx's "client closed request": nobody to answer
-            return None
         finally:
             seconds = time.perf_counter() - started
-            self._record(
-                method, path, hot.template, status, seconds, rid_text, client, http_version
-            )
+            template = hot.template if hot is not None else _template(scope)
+            self.metrics.record_request(scope["method"], template, status, seconds)
+            if self.access_log is not None and not (status == 200 and scope["path"] in QUIET_PATHS):
+                self.access_log.write(
+                    rid_text,
+                    scope.get("client"),
+                    scope["method"],
+                    scope["path"],
+                    scope.get("http_version", "1.1"),
+                    template,
+                    status,
+                    seconds,
+                )
             request_id.reset(token)
 
-    async def _answer(
+    async def _hot(
         self,
         hot: HotRoute,
+        receive: Receive,
+        send: Send,
         headers: RequestHeaders,
-        body: bytes | BodyReader,
         rid: bytes,
         rid_text: str,
-    ) -> Answer:
+    ) -> int:
         try:
             if headers.length is not None and _too_long(headers.length, self.max_body_bytes):
                 raise self._refusal(headers.length)
-            if not isinstance(body, bytes):
-                body = await body()
-            if len(body) > self.max_body_bytes:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body: bytes = message.get("body", b"")  # the usual case: all of it at once
+            else:
+                body = await self._body(message, receive)
+            if len(body) > self.max_body_bytes:  # came whole, in one piece (chunked)
                 raise PayloadTooLargeError(self._too_large())
             call = Call(
                 self.state,
@@ -250,69 +220,71 @@ class RequestMiddleware:
                 headers.encoding.decode("latin-1"),
                 None if headers.header_length is None else headers.header_length.decode("latin-1"),
             )
-            reply = await hot.endpoint(call)
-        except ApiError as exc:
-            return error_answer(rid, exc)
-        except ClientDisconnected:
-            raise
-        except Exception:
-            log.exception("unexpected error serving %s", hot.template)
-            return error_answer(rid, ApiError("internal server error"))
-        return (
-            200,
-            [
-                (b"content-type", reply.content_type),
-                (b"content-length", b"%d" % len(reply.body)),
-                (b"x-model-version", reply.model_version.encode()),
-                (b"x-request-id", rid),
-                *reply.headers,
-            ],
-            reply.body,
-        )
+            guard = current_guard.get()
+            close = guard.answering() if guard is not None else False
+            try:
+                reply = await hot.endpoint(call)
+                status, response_headers, response_body = (
+                    200,
+                    [
+                        (b"content-type", reply.content_type),
+                        (b"content-length", b"%d" % len(reply.body)),
+                        (b"x-model-version", reply.model_version.encode()),
+                        (b"x-request-id", rid),
+                        *reply.headers,
+                    ],
+                    reply.body,
+                )
+            except ApiError as exc:
+                status, response_headers, response_body = error_answer(rid, exc)
+            except Exception:
+                log.exception("unexpected error serving %s", hot.template)
+                status, response_headers, response_body = error_answer(
+                    rid, ApiError("internal server error")
+                )
+            if close:
+                response_headers.append(CLOSE)
+            await send(
+                {"type": "http.response.start", "status": status, "headers": response_headers}
+            )
+            await send({"type": "http.response.body", "body": response_body})
+            if guard is not None:
+                guard.answered()
+            return status
+        except ApiError as exc:  # refused before the body was read whole
+            return await send_error(send, rid, exc)
 
-    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Any other request: through FastAPI, with the request id, limit and records."""
-        started = time.perf_counter()
-        headers = RequestHeaders(scope["headers"])
-        rid = headers.request_id or self._new_request_id()
-        rid_text = rid.decode()
-        token = request_id.set(rid_text)
+    async def _other(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, rid: bytes
+    ) -> int:
+        """Any other request: through FastAPI, with the request id and the body limit."""
+        if headers.length is not None and _too_long(headers.length, self.max_body_bytes):
+            return await send_error(send, rid, self._refusal(headers.length))
+        guard = current_guard.get()
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                extra = [(b"x-request-id", rid)]
+                if guard is not None and guard.answering():
+                    extra.append(CLOSE)
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
+            if (
+                guard is not None
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                guard.answered()
 
-        try:
-            if headers.length is not None and _too_long(headers.length, self.max_body_bytes):
-                status = await send_error(send, rid, self._refusal(headers.length))
-            else:
-                await self.app(scope, self._counting(receive), send_with_id)
-        except ClientDisconnected:
-            status = 499
-        finally:
-            seconds = time.perf_counter() - started
-            self._record(
-                scope["method"],
-                scope["path"],
-                _template(scope),
-                status,
-                seconds,
-                rid_text,
-                scope.get("client"),
-                scope.get("http_version", "1.1"),
-            )
-            request_id.reset(token)
-
-    def _new_request_id(self) -> bytes:
-        return b"%s%016x" % (self._id_prefix, next(self._ids))
+        await self.app(scope, self._counting(receive), send_with_id)
+        return status
 
     async def _body(self, message: Message, receive: Receive) -> bytes:
         """The whole body from its first message on, at most MAX_BODY_BYTES of it (the
-        protocol bounds the wait for the rest)."""
+        guard bounds the wait for the rest)."""
         parts = []
         size = 0
         while True:
@@ -352,21 +324,8 @@ class RequestMiddleware:
             f"request body of {size} bytes exceeds MAX_BODY_BYTES={self.max_body_bytes}"
         )
 
-    def _record(
-        self,
-        method: str,
-        path: str,
-        template: str,
-        status: int,
-        seconds: float,
-        rid: str,
-        client: tuple[str, int] | None,
-        http_version: str,
-    ) -> None:
-        self.metrics.record_request(method, template, status, seconds)
-        if self.access_log is None or (status == 200 and path in QUIET_PATHS):
-            return
-        self.access_log.write(rid, client, method, path, http_version, template, status, seconds)
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 def error_answer(rid: bytes, exc: ApiError) -> Answer:
@@ -378,7 +337,7 @@ def error_answer(rid: bytes, exc: ApiError) -> Answer:
         (b"x-request-id", rid),
     ]
     if exc.close_connection:
-        headers.append((b"connection", b"close"))
+        headers.append(CLOSE)
     return exc.status_code, headers, body
 
 
@@ -398,4 +357,4 @@ def _too_long(length: bytes, limit: int) -> bool:
     try:
         return int(length) > limit
     except ValueError:
-        return False  # h11/httptools reject a malformed Content-Length before we see it
+        return False  # httptools rejects a malformed Content-Length before we see it

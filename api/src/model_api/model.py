@@ -1,6 +1,12 @@
-"""The served model: one ONNX Runtime session, its labels and the loader's manifest.
+"""The served model: an ONNX Runtime session, its signature, and what the loader and the
+model's optional files say about it. Knows nothing of HTTP.
 
-Knows nothing of HTTP. `OnnxModel.load(dir)` or raise a `ModelError`.
+A version directory needs only `model.onnx`. Beside it, all optional:
+`manifest.json` (written by the loader: name, version, source, checksums, signature),
+`model-config.json` (model_api.model_config), `label.json` (class names, the older
+form), `sample.json` ({"data": [[...]]}, the seed's /predict/test input).
+
+`OnnxModel.load(dir)` or raise a `ModelError`; `warmup()` before serving.
 """
 
 from __future__ import annotations
@@ -8,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,8 @@ import numpy as np
 import onnxruntime as ort
 
 from model_api.errors import ModelInvalidError, ModelMissingError
+from model_api.model_config import ModelConfig
+from model_api.signature import Signature
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +34,16 @@ MODEL_FILE = "model.onnx"
 LABEL_FILE = "label.json"
 MANIFEST_FILE = "manifest.json"
 SAMPLE_FILE = "sample.json"
-
-# ONNX element types -> Open Inference Protocol datatypes.
-_DATATYPES = {
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(string)": "BYTES",
-    "tensor(bool)": "BOOL",
+# A directory named like a version (v1, 2, 2024-11-30, v1.2.0) under one named like the
+# model: <name>/<version>/, the layout of the bucket and of models/.
+VERSION_DIR = re.compile(r"v?\d+([._-][0-9A-Za-z]+)*")
+# Warm-up: each request runs this many times; the fastest run is the model's latency.
+WARMUP_RUNS = 3
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
 
@@ -44,216 +54,190 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
     return current.resolve() if current.exists() else base
 
 
+def model_size(model_dir: str | Path) -> int:
+    """Bytes of the model's files (model.onnx and any external data beside it)."""
+    path = resolve_model_dir(model_dir)
+    if not (path / MODEL_FILE).is_file():
+        raise ModelMissingError(f"no {MODEL_FILE} in {path} (did the loader run?)")
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
 @dataclass(frozen=True)
-class TensorSpec:
+class Identity:
+    """Which model and version these are: the loader's manifest says so, else the
+    directory layout <name>/<version>/, else the settings (MODEL_NAME, MODEL_VERSION)."""
+
     name: str
-    datatype: str
-    shape: list[int]  # -1 for a dynamic dimension
+    version: str
 
     @classmethod
-    def from_ort(cls, arg: Any) -> TensorSpec:
-        shape = [d if isinstance(d, int) else -1 for d in arg.shape]
-        return cls(arg.name, _DATATYPES.get(arg.type, arg.type), shape)
+    def of(cls, path: Path, manifest: dict[str, Any], name: str, version: str) -> Identity:
+        if manifest.get("model_name") and manifest.get("model_version"):
+            return cls(str(manifest["model_name"]), str(manifest["model_version"]))
+        if VERSION_DIR.fullmatch(path.name) and path.parent.name:
+            return cls(path.parent.name, path.name)
+        return cls(name, version)
 
 
 @dataclass
 class OnnxModel:
     path: Path
     session: ort.InferenceSession
-    labels: list[str]
-    name: str
-    version: str
+    signature: Signature
+    identity: Identity
     sha256: str
-    input_name: str
-    n_features: int
-    probabilities_name: str
+    config: ModelConfig
     manifest: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] | None = None
     sample: list[list[float]] | None = None
+    threads: int = 1
     load_seconds: float = 0.0
-    _one_row: _BoundRow | None = field(default=None, init=False, repr=False)
+    # Seconds of one warm-up inference (the fastest run): how heavy the model is.
+    latency: float = 0.0
 
-    def __post_init__(self) -> None:
-        try:
-            self._one_row = _BoundRow(self.session, self.input_name, self.n_features,
-                                      self.probabilities_name, self.n_classes)  # fmt: skip
-        except Exception as exc:  # onnxruntime's errors are untyped; session.run still works
-            log.warning("one-row buffers not bound (%s); every inference uses session.run", exc)
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def version(self) -> str:
+        return self.identity.version
+
+    @property
+    def signer(self) -> str | None:
+        """Who signed the model, if the loader verified a signature (its manifest)."""
+        signature = self.manifest.get("signature")
+        return str(signature.get("signer")) if isinstance(signature, dict) else None
 
     @classmethod
-    def load(cls, model_dir: str | Path, threads: int = 1) -> OnnxModel:
+    def load(
+        cls,
+        model_dir: str | Path,
+        threads: int = 1,
+        name: str = "model",
+        version: str = "1",
+    ) -> OnnxModel:
+        """Open the model in `model_dir` with `threads` intra-op threads (unless its
+        config sets them); `name`/`version` if neither manifest nor layout says."""
         started = time.monotonic()
         path = resolve_model_dir(model_dir)
         model_file = path / MODEL_FILE
         if not model_file.is_file():
             raise ModelMissingError(f"no {MODEL_FILE} in {path} (did the loader run?)")
-        manifest = _read_json(path / MANIFEST_FILE, required=False) or {}
-        labels_raw = _read_json(path / LABEL_FILE, required=True)
+        manifest = _read_json(path / MANIFEST_FILE) or {}
         sha256 = _sha256(model_file)
         _check_manifest(manifest, MODEL_FILE, sha256)
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(
-                str(model_file), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelInvalidError(f"{model_file}: ONNX Runtime cannot load it: {exc}") from exc
-
-        labels = _labels(labels_raw, path / LABEL_FILE)
-        input_name, n_features, probabilities_name = _signature(session, len(labels), path)
+        config = ModelConfig.read(path)
+        threads = config.onnxruntime.intra_op_threads or threads
+        session = create_session(model_file, config, threads)
+        signature = Signature.from_session(session, str(model_file))
         model = cls(
             path=path,
             session=session,
-            labels=labels,
-            name=str(manifest.get("model_name") or path.parent.name or "model"),
-            version=str(manifest.get("model_version") or path.name),
+            signature=signature,
+            identity=Identity.of(path, manifest, name, version),
             sha256=sha256,
-            input_name=input_name,
-            n_features=n_features,
-            probabilities_name=probabilities_name,
+            config=config,
             manifest=manifest,
+            labels=config.labels or _labels(path / LABEL_FILE),
             sample=_sample(path / SAMPLE_FILE),
+            threads=threads,
         )
+        if signature.hidden_outputs:
+            log.warning(
+                "outputs %s are not tensors and are not served", list(signature.hidden_outputs)
+            )
         model.load_seconds = time.monotonic() - started
         log.info(
-            "loaded %s %s from %s (sha256 %s…) in %.3f s",
+            "loaded %s %s from %s (sha256 %s…, %d intra-op threads) in %.3f s",
             model.name,
             model.version,
             path,
             sha256[:12],
+            threads,
             model.load_seconds,
         )
         return model
 
-    # -- signature --------------------------------------------------------------------
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec.from_ort(i) for i in self.session.get_inputs()]
+    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """One onnxruntime call: the named outputs for these inputs."""
+        return self.session.run(list(outputs), inputs)  # type: ignore[no-any-return]
 
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return [TensorSpec.from_ort(o) for o in self.session.get_outputs()]
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.labels)
-
-    # -- inference --------------------------------------------------------------------
-    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        """Class probabilities, shape [N, classes], for float32 rows of shape [N, features]."""
-        if len(rows) == 1 and self._one_row is not None:
-            probabilities = self._one_row.run(rows)
-            if probabilities is not None:
-                return probabilities
-        (probabilities,) = self.session.run([self.probabilities_name], {self.input_name: rows})
-        return probabilities
-
-    def predict_label(self, rows: np.ndarray) -> list[str]:
-        return self.labels_of(self.predict_proba(rows))
-
-    def labels_of(self, probabilities: np.ndarray) -> list[str]:
-        """The most probable label per row."""
-        return [self.labels[i] for i in probabilities.argmax(axis=1).tolist()]
-
-    def warmup(self) -> None:
-        """One inference on the sample (or zeros), so the first request pays no set-up."""
-        rows = np.asarray(self.sample or [[0.0] * self.n_features], dtype=np.float32)
-        probabilities = self.predict_proba(rows)
-        if probabilities.shape != (len(rows), len(self.labels)):
-            raise ModelInvalidError(
-                f"warm-up returned shape {probabilities.shape}, "
-                f"expected {(len(rows), len(self.labels))}"
-            )
-        self._check_bound_row(rows[:1])
-
-    def _check_bound_row(self, row: np.ndarray) -> None:
-        """The bound one-row path must answer what session.run answers, or is not used."""
-        if self._one_row is None:
-            return
-        (expected,) = self.session.run([self.probabilities_name], {self.input_name: row})
-        try:
-            bound = self._one_row.run(row)
-        except Exception as exc:  # onnxruntime's errors are untyped
-            bound, problem = None, str(exc)
-        else:
-            problem = "its answer differs from session.run"
-        if bound is None or not np.array_equal(bound, expected):
-            log.warning("one-row buffers not used: %s", problem)
-            self._one_row = None
-
-
-class _BoundRow:
-    """One row in, its probabilities out, through buffers bound to the session once.
-
-    For a small model most of `session.run` is its Python-side set-up: turning the feeds
-    dict into tensors and the outputs back into arrays. Bound buffers skip that (half the
-    time of a one-row inference with the iris model). One caller at a time: a second,
-    concurrent one (INFERENCE_MODE=threadpool) is told to use `session.run`.
-    """
-
-    def __init__(
-        self,
-        session: ort.InferenceSession,
-        input_name: str,
-        n_features: int,
-        output_name: str,
-        n_classes: int,
-    ) -> None:
-        self._in = np.zeros((1, n_features), dtype=np.float32)
-        self._out = np.zeros((1, n_classes), dtype=np.float32)
-        self._binding = session.io_binding()
-        self._binding.bind_cpu_input(input_name, self._in)  # by reference: no copy
-        self._binding.bind_output(
-            output_name, "cpu", 0, np.float32, list(self._out.shape), self._out.ctypes.data
+    def warmup(self, requests: Sequence[dict[str, np.ndarray]]) -> None:
+        """Run each warm-up request a few times (the first run pays set-up costs), and
+        keep the fastest run of the first as the model's latency."""
+        names = [t.name for t in self.signature.outputs]
+        timings: list[float] = []
+        for i, inputs in enumerate(requests):
+            for _ in range(WARMUP_RUNS):
+                started = time.perf_counter()
+                try:
+                    self.run(inputs, names)
+                except Exception as exc:  # onnxruntime's errors are untyped
+                    raise ModelInvalidError(
+                        f"{self.path}: warm-up request {i} failed: {exc}"
+                    ) from exc
+                if i == 0:
+                    timings.append(time.perf_counter() - started)
+        self.latency = min(timings) if timings else 0.0
+        log.info(
+            "warmed up: %d request(s); one inference takes %.3f ms",
+            len(requests),
+            self.latency * 1000,
         )
-        self._session = session
-        self._busy = threading.Lock()
 
-    def run(self, row: np.ndarray) -> np.ndarray | None:
-        if not self._busy.acquire(blocking=False):
-            return None
-        try:
-            self._in[...] = row
-            self._session.run_with_iobinding(self._binding)
-            return self._out.copy()
-        finally:
-            self._busy.release()
+    def zeros(self) -> dict[str, np.ndarray]:
+        """A request of zeros (empty strings): one row, open dimensions of size 1."""
+        return {
+            spec.name: np.zeros(
+                [d if d >= 0 else 1 for d in spec.shape],
+                dtype=spec.datatype.dtype if spec.datatype.kind != "S" else np.str_,
+            ).astype(spec.datatype.dtype)
+            for spec in self.signature.inputs
+        }
 
 
-def _signature(session: ort.InferenceSession, n_labels: int, path: Path) -> tuple[str, int, str]:
-    """(input name, features per row, probabilities output) — or why we cannot serve it."""
-    inputs = [TensorSpec.from_ort(i) for i in session.get_inputs()]
-    if len(inputs) != 1 or inputs[0].datatype != "FP32" or len(inputs[0].shape) != 2:
-        raise ModelInvalidError(
-            f"{path}: expected one FP32 input of shape [N, features], got "
-            f"{[(i.name, i.datatype, i.shape) for i in inputs]}"
+def create_session(
+    model_file: Path, config: ModelConfig, threads: int, available: list[str] | None = None
+) -> ort.InferenceSession:
+    options = session_options(config, threads)
+    providers, skipped = config.onnxruntime.providers(
+        ort.get_available_providers() if available is None else available
+    )
+    if skipped:
+        log.warning(
+            "execution providers %s are not in this onnxruntime build (%s); using %s",
+            skipped,
+            ort.__version__,
+            [name for name, _ in providers],
         )
-    n_features = inputs[0].shape[1]
-    if n_features < 1:
-        raise ModelInvalidError(f"{path}: the input's feature dimension must be fixed")
-    probabilities = [
-        o
-        for o in (TensorSpec.from_ort(o) for o in session.get_outputs())
-        if o.datatype == "FP32" and len(o.shape) == 2
-    ]
-    if not probabilities:
-        raise ModelInvalidError(f"{path}: the model has no [N, classes] FP32 output")
-    classes = probabilities[0].shape[1]
-    if classes not in (-1, n_labels):
-        raise ModelInvalidError(
-            f"{path}: the model has {classes} classes but {LABEL_FILE} has {n_labels} labels"
-        )
-    return inputs[0].name, n_features, probabilities[0].name
+    try:
+        return ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelInvalidError(f"{model_file}: ONNX Runtime cannot load it: {exc}") from exc
 
 
-def _read_json(path: Path, required: bool) -> Any:
+def session_options(config: ModelConfig, threads: int) -> ort.SessionOptions:
+    settings = config.onnxruntime
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = settings.inter_op_threads or 1
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if settings.inter_op_threads > 1
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    options.graph_optimization_level = _OPTIMIZATION[settings.graph_optimization_level]
+    # Spinning threads wait for work by burning CPU the event loop and the other
+    # workers need; a server's inference calls come with gaps between them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        if required:
-            raise ModelMissingError(f"no {path.name} in {path.parent}") from None
         return None
     except (OSError, ValueError) as exc:
         raise ModelInvalidError(f"{path}: not readable JSON ({exc})") from exc
@@ -277,9 +261,12 @@ def _check_manifest(manifest: dict[str, Any], filename: str, sha256: str) -> Non
             )
 
 
-def _labels(raw: Any, path: Path) -> list[str]:
+def _labels(path: Path) -> list[str] | None:
     """label.json maps class index -> name: {"0": "setosa", ...}, or is a plain list."""
-    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+    raw = _read_json(path)
+    if raw is None:
+        return None
+    if isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
         return list(raw)
     if isinstance(raw, dict):
         try:
@@ -292,7 +279,7 @@ def _labels(raw: Any, path: Path) -> list[str]:
 
 
 def _sample(path: Path) -> list[list[float]] | None:
-    raw = _read_json(path, required=False)
+    raw = _read_json(path)
     if raw is None:
         return None
     data = raw.get("data") if isinstance(raw, dict) else None

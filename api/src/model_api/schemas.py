@@ -63,9 +63,12 @@ class MetadataResponse(BaseModel):
     source_uri: str | None
     loaded_at: str | None
     objects: list[dict[str, Any]]
+    signature: dict[str, Any] | None = Field(
+        default=None, description="The signature the loader verified (signer, digest), if any."
+    )
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    labels: list[str]
+    labels: list[str] | None
     sample_input: list[list[float]] | None
 
 
@@ -139,6 +142,7 @@ class V2ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: Parameters | None = None
 
 
 class V2ModelReady(BaseModel):

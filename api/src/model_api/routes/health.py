@@ -18,7 +18,7 @@ async def health() -> HealthResponse:
 
 @router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def ready(request: Request) -> JSONResponse:
-    model = request.app.state.model
+    model = request.app.state.dataplane.model
     if model is None or request.app.state.drain.draining:
         return JSONResponse(ReadyResponse(ready=False).model_dump(), status_code=503)
     body = ReadyResponse(ready=True, model_name=model.name, model_version=model.version)
@@ -33,5 +33,6 @@ async def v2_live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready")
 async def v2_ready(request: Request) -> JSONResponse:
-    is_ready = request.app.state.model is not None and not request.app.state.drain.draining
+    state = request.app.state
+    is_ready = state.dataplane.model is not None and not state.drain.draining
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)

@@ -1,5 +1,9 @@
 """The seed's HTTP contract: /predict, /predict/label, /label, /metadata, /predict/test.
 
+An adapter over the data plane, for models of rows in, rows out (model_api.tabular):
+the iris classifier answers exactly as the seed's did. Any other model gets 404 naming
+the V2 route that serves it.
+
 The prediction endpoints are hot: the front door (model_api.middleware) calls them with
 a `Call` and sends their `Reply`; the FastAPI routes declared here describe them in
 OpenAPI. They parse and check the body in one pydantic-core pass over the bytes, and
@@ -8,39 +12,32 @@ fall back to a slower pass only to explain a body that fails it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from model_api.dependencies import (
-    infer,
-    json_body,
-    loaded_model,
-    model_dependency,
-    no_content_encoding,
-    parse_body,
-)
 from model_api.errors import InvalidInputError, NotFoundError
+from model_api.media import json_body, no_content_encoding
 from model_api.middleware import Call, HotRoute, HotRoutes, Reply, via_router
 from model_api.model import OnnxModel
+from model_api.parsing import parse_body
 from model_api.schemas import (
     ErrorResponse,
     LabelResponse,
     MetadataResponse,
     PredictRequest,
     ProbabilitiesResponse,
-    TensorMetadata,
 )
+from model_api.tabular import Tabular
 
 router = APIRouter(tags=["predict"])
 
-Model = Annotated[OnnxModel, Depends(model_dependency)]
 EXAMPLE = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)
 }
 _BODY = {
     "requestBody": {
@@ -51,11 +48,20 @@ _BODY = {
 _POST = {"responses": _ERRORS, "openapi_extra": _BODY}
 
 
-def json_reply(content: Any, model: OnnxModel) -> Reply:
-    return Reply(orjson.dumps(content), model.version)
+def _view(call: Call) -> tuple[OnnxModel, Tabular]:
+    """The served model and its tabular view; 404 if the seed's contract does not fit."""
+    plane = call.state.dataplane
+    model = plane.loaded()
+    view = plane.tabular
+    if isinstance(view, str):
+        raise NotFoundError(
+            f"{model.name} {model.version} is not served on the seed's routes: {view}; "
+            f"use POST /v2/models/{model.name}/infer"
+        )
+    return model, view
 
 
-def _rows(call: Call, model: OnnxModel) -> np.ndarray:
+def _rows(call: Call, view: Tabular) -> np.ndarray:
     if call.content_type != "application/json":  # else nothing to check
         json_body(call.content_type)
     if call.content_encoding != "identity":
@@ -64,54 +70,72 @@ def _rows(call: Call, model: OnnxModel) -> np.ndarray:
     limit = call.state.settings.max_batch_size
     if len(data) > limit:
         raise InvalidInputError(f"data: {len(data)} rows exceed MAX_BATCH_SIZE={limit}")
+    dtype = view.input.datatype.dtype
     try:
-        rows = np.array(data, dtype=np.float32)
+        rows = np.array(data, dtype=dtype)
     except ValueError:  # rows of different lengths
-        rows = np.empty((0, 0), dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] != model.n_features:
+        rows = np.empty((0, 0), dtype=dtype)
+    if rows.ndim != 2 or rows.shape[1] != view.features:
         for i, row in enumerate(data):
-            if len(row) != model.n_features:
+            if len(row) != view.features:
                 raise InvalidInputError(
-                    f"data.{i}: has {len(row)} values; the model takes {model.n_features} per row"
+                    f"data.{i}: has {len(row)} values; the model takes {view.features} per row"
                 )
+    if dtype.itemsize < 4 and not np.isfinite(rows).all():
+        raise InvalidInputError(f"data: a value is out of the range of {view.input.datatype.name}")
     return rows
 
 
-def _probabilities(probabilities: np.ndarray, model: OnnxModel) -> Reply:
+async def _predict(call: Call, model: OnnxModel, view: Tabular, rows: np.ndarray) -> np.ndarray:
+    batch = len(rows) if model.signature.batchable else None
+    (values,) = await call.state.dataplane.infer(
+        {view.input.name: rows}, (view.output.name,), batch
+    )
+    return values
+
+
+def _predictions(values: np.ndarray, model: OnnxModel) -> Reply:
     # Python floats (doubles) of the float32 values: the digits are those of the seed.
-    values = probabilities.tolist()
-    return json_reply({"prediction": values[0] if len(values) == 1 else values}, model)
+    rows = values.tolist()
+    return Reply(orjson.dumps({"prediction": rows[0] if len(rows) == 1 else rows}), model.version)
 
 
-def _labels(probabilities: np.ndarray, model: OnnxModel) -> Reply:
-    labels = model.labels_of(probabilities)
-    return json_reply({"prediction": labels[0] if len(labels) == 1 else labels}, model)
+def _labels(values: np.ndarray, model: OnnxModel, view: Tabular) -> Reply:
+    if view.labels is None:
+        raise NotFoundError(
+            f"{model.name} {model.version} has no labels (model-config.json or label.json); "
+            f"POST /predict answers its {view.output.name!r} output"
+        )
+    labels = [view.labels[i] for i in values.argmax(axis=1).tolist()]
+    return Reply(
+        orjson.dumps({"prediction": labels[0] if len(labels) == 1 else labels}), model.version
+    )
 
 
-def _sample(model: OnnxModel) -> np.ndarray:
+def _sample(model: OnnxModel, view: Tabular) -> np.ndarray:
     if model.sample is None:
         raise NotFoundError(f"model {model.name} {model.version} ships no sample.json")
-    return np.asarray(model.sample, dtype=np.float32)
+    return np.asarray(model.sample, dtype=view.input.datatype.dtype)
 
 
 async def predict(call: Call) -> Reply:
-    model = loaded_model(call.state)
-    return _probabilities(await infer(call.state, model, _rows(call, model)), model)
+    model, view = _view(call)
+    return _predictions(await _predict(call, model, view, _rows(call, view)), model)
 
 
 async def predict_label(call: Call) -> Reply:
-    model = loaded_model(call.state)
-    return _labels(await infer(call.state, model, _rows(call, model)), model)
+    model, view = _view(call)
+    return _labels(await _predict(call, model, view, _rows(call, view)), model, view)
 
 
 async def predict_test(call: Call) -> Reply:
-    model = loaded_model(call.state)
-    return _probabilities(await infer(call.state, model, _sample(model)), model)
+    model, view = _view(call)
+    return _predictions(await _predict(call, model, view, _sample(model, view)), model)
 
 
 async def predict_test_label(call: Call) -> Reply:
-    model = loaded_model(call.state)
-    return _labels(await infer(call.state, model, _sample(model)), model)
+    model, view = _view(call)
+    return _labels(await _predict(call, model, view, _sample(model, view)), model, view)
 
 
 HOT_ROUTES: HotRoutes = {
@@ -143,14 +167,19 @@ async def predict_test_label_route(request: Request) -> Response:
     return await via_router(request, predict_test_label)
 
 
-@router.get("/label")
-async def label(model: Model) -> dict[str, str]:
+@router.get("/label", responses=_ERRORS)
+async def label(request: Request) -> dict[str, str]:
+    model = request.app.state.dataplane.loaded()
+    if model.labels is None:
+        raise NotFoundError(f"{model.name} {model.version} has no labels")
     return {str(i): name for i, name in enumerate(model.labels)}
 
 
-@router.get("/metadata", response_model=MetadataResponse)
-async def metadata(model: Model) -> MetadataResponse:
+@router.get("/metadata", response_model=MetadataResponse, responses=_ERRORS)
+async def metadata(request: Request) -> MetadataResponse:
+    model: OnnxModel = request.app.state.dataplane.loaded()
     manifest = model.manifest
+    signature = manifest.get("signature")
     return MetadataResponse(
         model_name=model.name,
         model_version=model.version,
@@ -158,8 +187,9 @@ async def metadata(model: Model) -> MetadataResponse:
         source_uri=manifest.get("source_uri"),
         loaded_at=manifest.get("loaded_at"),
         objects=manifest.get("objects", []),
-        inputs=[TensorMetadata(**vars(t)) for t in model.inputs],
-        outputs=[TensorMetadata(**vars(t)) for t in model.outputs],
+        signature=signature if isinstance(signature, dict) else None,
+        inputs=[t.metadata() for t in model.signature.inputs],
+        outputs=[t.metadata() for t in model.signature.outputs],
         labels=model.labels,
         sample_input=model.sample,
     )

@@ -1,0 +1,145 @@
+"""What the container allows (CPUs, memory) and how the API uses it: worker processes,
+ONNX Runtime threads, and whether the model fits at all.
+
+The rule API_WORKERS=auto follows (docs: README.md, "Workers, threads and memory"):
+
+- A model of LARGE_MODEL_BYTES or more is held once: one worker process, with as many
+  intra-op threads as the container has CPUs. Each worker holds its own copy of the
+  model, so copies of a large model cost more memory than the parallelism they buy.
+- A smaller model gets one worker per CPU, each with one intra-op thread: a small
+  model's request is mostly Python (HTTP, decoding), which only processes run in
+  parallel; a compute-bound one then uses every core without oversubscribing them.
+- Either way no more workers than the memory limit holds.
+
+Memory per worker: WORKER_BYTES (Python, ONNX Runtime, the app) plus LOAD_FACTOR times
+the model's files (ONNX Runtime holds the weights, and briefly more while it loads
+them). A model that does not fit even in one worker is refused before it is loaded:
+exit 3 with one line naming both figures and the settings to raise, rather than an
+out-of-memory kill with no explanation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_api.errors import ModelTooLargeError
+
+MiB = 1 << 20
+# At or above this, a model is held once (one worker).
+LARGE_MODEL_BYTES = 64 * MiB
+# Measured (README, "Workers, threads and memory"): RSS of a worker serving a tiny model.
+WORKER_BYTES = 110 * MiB
+# Measured: peak RSS growth while loading, per byte of model file.
+LOAD_FACTOR = 1.35
+# uvicorn's supervisor process, with API_WORKERS > 1.
+SUPERVISOR_BYTES = 40 * MiB
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cpu_count(cgroup_root: Path = CGROUP) -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup CPU quota
+    (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), rounded up — what a container limit allows."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus or 1, math.ceil(quota))
+    return max(1, cpus or 1)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        limit, period = (root / "cpu.max").read_text().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: quota -1 means unlimited
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def memory_limit(cgroup_root: Path = CGROUP) -> int | None:
+    """The container's memory limit in bytes (cgroup v2 `memory.max`, v1
+    `memory.limit_in_bytes`), or None if it has none below the machine's memory."""
+    limit: int | None = None
+    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text != "max":
+            try:
+                limit = int(text)
+            except ValueError:
+                continue
+        break
+    physical = _physical_memory()
+    if limit is None or (physical is not None and limit >= physical):
+        return None
+    return limit
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: int
+    threads: int  # ONNX Runtime intra-op threads per worker
+    model_bytes: int
+    need_bytes: int
+    limit_bytes: int | None
+
+    def describe(self) -> str:
+        limit = "none" if self.limit_bytes is None else f"{self.limit_bytes / MiB:.0f} MiB"
+        return (
+            f"{self.workers} worker(s) x {self.threads} ONNX Runtime thread(s) for a model of "
+            f"{self.model_bytes / MiB:.1f} MiB; memory ~{self.need_bytes / MiB:.0f} MiB "
+            f"of the limit ({limit})"
+        )
+
+
+def worker_bytes(model_bytes: int) -> int:
+    return WORKER_BYTES + int(LOAD_FACTOR * model_bytes)
+
+
+def plan(
+    model_bytes: int,
+    cpus: int,
+    limit: int | None,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> Plan:
+    """Workers and threads for this model and container (None: auto); raises
+    ModelTooLargeError if the model does not fit the memory limit."""
+    per_worker = worker_bytes(model_bytes)
+    if workers is None:
+        workers = 1 if model_bytes >= LARGE_MODEL_BYTES else cpus
+        if limit is not None:
+            while workers > 1 and _need(workers, per_worker) > limit:
+                workers -= 1
+    need = _need(workers, per_worker)
+    if limit is not None and need > limit:
+        raise ModelTooLargeError(
+            f"the model's {model_bytes / MiB:.0f} MiB need ~{need / MiB:.0f} MiB with "
+            f"{workers} worker(s) ({WORKER_BYTES / MiB:.0f} MiB each + {LOAD_FACTOR:g} x "
+            f"the model), over the container's memory limit of {limit / MiB:.0f} MiB: raise "
+            f"API_MEMORY_LIMIT (Compose) or the api container's resources.limits.memory "
+            f"and the models emptyDir sizeLimit (Kubernetes)"
+            + (", or lower API_WORKERS" if workers > 1 else "")
+        )
+    return Plan(workers, threads or max(1, cpus // workers), model_bytes, need, limit)
+
+
+def _need(workers: int, per_worker: int) -> int:
+    return workers * per_worker + (SUPERVISOR_BYTES if workers > 1 else 0)

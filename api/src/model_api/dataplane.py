@@ -1,0 +1,197 @@
+"""The data plane: the served model, its batcher, and inference over the Open Inference
+Protocol, independent of HTTP (KServe's and MLServer's dataplanes have the same place).
+
+The REST routes (model_api.routes) are adapters over it: the seed's /predict family
+through the model's tabular view (model_api.tabular), V2 through `infer_v2`, which
+decodes the request against the model's signature, runs it through the batcher, and
+encodes the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from model_api import __version__
+from model_api.batching import Arrays, Batcher
+from model_api.codec import decode, decode_inputs, encode
+from model_api.config import ApiSettings
+from model_api.errors import (
+    BadRequestError,
+    ModelInvalidError,
+    ModelMissingError,
+    NotFoundError,
+    NotReadyError,
+    describe_errors,
+)
+from model_api.metrics import Metrics
+from model_api.model import OnnxModel
+from model_api.schemas import V2RequestInput
+from model_api.tabular import Tabular, tabular
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "model-load-api"
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
+# A model whose one inference takes this long runs its calls in a thread of their own
+# (INFERENCE_MODE=auto): below it, the hand-off costs more than the inference.
+THREAD_LATENCY_SECONDS = 0.001
+
+
+def load_model(settings: ApiSettings, threads: int) -> OnnxModel:
+    """Load and warm up, waiting up to MODEL_WAIT_SECONDS for the model to appear."""
+    deadline = time.monotonic() + settings.model_wait_seconds
+    while True:
+        try:
+            model = OnnxModel.load(
+                settings.model_dir, threads, settings.model_name, settings.model_version
+            )
+            break
+        except ModelMissingError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("waiting for the model: %s", exc)
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+    prepare(model)
+    return model
+
+
+def prepare(model: OnnxModel) -> None:
+    """Check what a model's files say against the model, and warm it up."""
+    tabular(model)  # raises if its labels and classes disagree
+    model.warmup(warmup_requests(model))
+
+
+def warmup_requests(model: OnnxModel) -> list[dict[str, np.ndarray]]:
+    """The model config's warm-up requests, or one of zeros."""
+    if model.config.warmup is None:
+        return [model.zeros()]
+    requests = []
+    for i, raw in enumerate(model.config.warmup):
+        try:
+            tensors = [V2RequestInput.model_validate(t) for t in raw.inputs]
+            requests.append(decode_inputs(tensors, b"", model.signature))
+        except ValidationError as exc:
+            problem = describe_errors(exc.errors())
+            raise ModelInvalidError(
+                f"{model.path}: model-config.json warmup.{i}: {problem}"
+            ) from None
+        except BadRequestError as exc:
+            raise ModelInvalidError(f"{model.path}: model-config.json warmup.{i}: {exc}") from None
+    return requests
+
+
+class DataPlane:
+    def __init__(self, settings: ApiSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.model: OnnxModel | None = None
+        self.batcher: Batcher | None = None
+        self.tabular: Tabular | str = "the model is not loaded"
+
+    def serve(self, model: OnnxModel) -> None:
+        """Start serving a loaded, warmed-up model."""
+        batching = model.config.batching
+        mode = self.settings.inference_mode
+        in_thread = mode == "thread" or (mode == "auto" and model.latency >= THREAD_LATENCY_SECONDS)
+        self.batcher = Batcher(
+            model,
+            max_rows=(
+                self.settings.max_batch_size
+                if batching.max_batch_size is None
+                else batching.max_batch_size
+            ),
+            max_delay=batching.max_queue_delay_ms / 1000,
+            in_thread=in_thread,
+            metrics=self.metrics,
+        )
+        self.tabular = tabular(model)
+        self.model = model
+        log.info(
+            "serving %s %s: batching %s (up to %d rows, waiting up to %g ms), inference %s",
+            model.name,
+            model.version,
+            "on" if self.batcher.stacking else "off",
+            self.batcher.max_rows,
+            batching.max_queue_delay_ms,
+            "in its own thread" if in_thread else "on the event loop",
+        )
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.model = None
+
+    # -- which model --------------------------------------------------------------------
+    def loaded(self) -> OnnxModel:
+        """The served model; 503 until it is loaded."""
+        model = self.model
+        if model is None:
+            raise NotReadyError("the model is not loaded yet")
+        return model
+
+    def named(self, name: str, version: str | None = None) -> OnnxModel:
+        """The served model if the path names it (and its version): else 404."""
+        model = self.loaded()
+        if name != model.name:
+            raise NotFoundError(f"model {name!r} not found; this server serves {model.name!r}")
+        if version is not None and version != model.version:
+            raise NotFoundError(
+                f"model {model.name!r} has no version {version!r}; it serves {model.version!r}"
+            )
+        return model
+
+    # -- inference -----------------------------------------------------------------------
+    def infer(
+        self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...], rows: int | None
+    ) -> asyncio.Future[Arrays]:
+        """The outputs for one request (a future: awaiting it is the only coroutine)."""
+        batcher = self.batcher
+        if batcher is None:
+            raise NotReadyError("the model is not loaded yet")
+        return batcher.infer(inputs, outputs, rows)
+
+    async def infer_v2(
+        self,
+        model: OnnxModel,
+        body: bytes,
+        header_length: str | None,
+        request_id: str,
+    ) -> tuple[bytes, bytes | None]:
+        """A V2 inference request's response body (and its Inference-Header-Content-Length
+        when some outputs are binary)."""
+        request = decode(body, header_length, model.signature, self.settings.max_batch_size)
+        arrays = await self.infer(request.inputs, request.output_names, request.rows)
+        return encode(
+            model.name,
+            model.version,
+            request.id if request.id is not None else request_id,
+            request.outputs,
+            arrays,
+            model.labels,
+        )
+
+    # -- metadata ------------------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def model_metadata(self, model: OnnxModel) -> dict[str, Any]:
+        """The protocol's model metadata: the real signature, plus provenance."""
+        parameters: dict[str, Any] = {"sha256": model.sha256}
+        if model.manifest.get("source_uri"):
+            parameters["source_uri"] = model.manifest["source_uri"]
+        if model.signer is not None:
+            parameters["signer"] = model.signer
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": PLATFORM,
+            **model.signature.metadata(),
+            "parameters": parameters,
+        }

@@ -1,0 +1,239 @@
+"""Tensor datatypes: the Open Inference Protocol's names, ONNX's, numpy's, and how a
+tensor's values travel as JSON or as binary data (the protocol's binary extension).
+
+JSON data is row-major, flat or nested. Binary data is the tensor's values in
+little-endian byte order, one after the other; BOOL one byte each; BYTES each element
+as a 4-byte little-endian length followed by its bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Values that do not fit a tensor's datatype or shape (the message says why)."""
+
+
+@dataclass(frozen=True)
+class DataType:
+    name: str  # the protocol's: FP32, INT64, BYTES...
+    onnx: str  # onnxruntime's NodeArg.type: tensor(float), tensor(int64), tensor(string)...
+    dtype: np.dtype[Any]  # little-endian; object for BYTES
+    kind: str  # "f" float, "i" signed, "u" unsigned, "b" bool, "S" bytes
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per value in binary data (BYTES: variable)."""
+        return 0 if self.kind == "S" else self.dtype.itemsize
+
+
+def _numeric(name: str, onnx: str, dtype: str) -> DataType:
+    d = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
+    return DataType(name, f"tensor({onnx})", d, d.kind)
+
+
+DATATYPES: dict[str, DataType] = {
+    t.name: t
+    for t in (
+        _numeric("BOOL", "bool", "bool"),
+        _numeric("UINT8", "uint8", "uint8"),
+        _numeric("UINT16", "uint16", "uint16"),
+        _numeric("UINT32", "uint32", "uint32"),
+        _numeric("UINT64", "uint64", "uint64"),
+        _numeric("INT8", "int8", "int8"),
+        _numeric("INT16", "int16", "int16"),
+        _numeric("INT32", "int32", "int32"),
+        _numeric("INT64", "int64", "int64"),
+        _numeric("FP16", "float16", "float16"),
+        _numeric("FP32", "float", "float32"),
+        _numeric("FP64", "double", "float64"),
+        DataType("BYTES", "tensor(string)", np.dtype(object), "S"),
+    )
+}
+BY_ONNX: dict[str, DataType] = {t.onnx: t for t in DATATYPES.values()}
+# numpy dtype -> DataType, for what onnxruntime returns (its strings come as objects).
+BY_NUMPY: dict[np.dtype[Any], DataType] = {
+    **{t.dtype.newbyteorder("="): t for t in DATATYPES.values() if t.kind != "S"},
+    np.dtype(object): DATATYPES["BYTES"],
+}
+# ONNX tensor types a model may declare that cannot be served, and why.
+UNSUPPORTED = {
+    "tensor(bfloat16)": "BF16 has no numpy type that onnxruntime's Python API accepts",
+}
+
+
+def datatype_of(array: np.ndarray) -> DataType:
+    if array.dtype.kind in "US":
+        return DATATYPES["BYTES"]
+    try:
+        return BY_NUMPY[array.dtype.newbyteorder("=")]
+    except KeyError:
+        raise DataError(f"no protocol datatype for numpy {array.dtype}") from None
+
+
+# -- JSON --------------------------------------------------------------------------------
+
+
+def from_json(data: Sequence[Any], datatype: DataType, shape: Sequence[int]) -> np.ndarray:
+    """A tensor of `shape` from its JSON data (flat or nested, row-major): every value
+    must be of the datatype's kind (numbers for numeric types, integers for integer
+    types, true/false for BOOL, strings for BYTES) and within its range."""
+    count = int(np.prod(shape, dtype=np.int64))
+    if datatype.kind == "S":
+        values = _strings(data)
+    else:
+        try:
+            values = np.asarray(data)
+        except (ValueError, OverflowError):  # ragged nesting; an int beyond 64 bits
+            raise DataError(
+                "nested lists of different lengths, or an integer out of range"
+            ) from None
+        if datatype.kind != "b" and values.dtype.kind in "iu" and _has_bool(data, values.ndim):
+            raise DataError(f"{datatype.name} values must be numbers, got true/false")
+        if datatype.kind in "iu" and values.dtype.kind in "fO":
+            exact = _exact_integers(data, datatype)
+            values = values if exact is None else exact
+        values = _cast_numbers(values, datatype)
+    if values.size != count:
+        raise DataError(f"{values.size} values do not fill shape {list(shape)} ({count} values)")
+    if values.ndim > 1 and list(values.shape) != list(shape):
+        raise DataError(f"nested as {list(values.shape)}, but the shape is {list(shape)}")
+    return values.reshape(shape)
+
+
+def _has_bool(data: Sequence[Any], depth: int) -> bool:
+    """Whether true/false hides among numbers (numpy reads them as 1 and 0)."""
+    flat: Any = data
+    for _ in range(depth - 1):
+        flat = itertools.chain.from_iterable(flat)
+    return bool in map(type, flat)
+
+
+def _exact_integers(data: Sequence[Any], datatype: DataType) -> np.ndarray | None:
+    """Integers numpy does not read as one integer type (one beyond int64 among others
+    becomes a float, or an object): exactly, if they are all integers, else None."""
+    try:
+        exact = np.array(data, dtype=object)
+    except ValueError:
+        return None
+    if not all(type(v) is int for v in exact.flat):
+        return None
+    info = np.iinfo(datatype.dtype)
+    if any(v < info.min or v > info.max for v in exact.flat):
+        raise DataError(f"a value is out of the range of {datatype.name} ({info.min}..{info.max})")
+    return exact.astype(datatype.dtype)
+
+
+def _cast_numbers(values: np.ndarray, datatype: DataType) -> np.ndarray:
+    kind = values.dtype.kind
+    if values.size == 0:
+        return values.astype(datatype.dtype)
+    if datatype.kind == "b":
+        if kind != "b":
+            raise DataError("BOOL values must be true or false")
+        return values
+    if kind == "b":
+        raise DataError(f"{datatype.name} values must be numbers, got true/false")
+    if kind not in "iuf":
+        raise DataError(f"{datatype.name} values must be numbers")
+    if datatype.kind == "f":
+        as_float = values if kind == "f" else values.astype(np.float64)
+        if not np.isfinite(as_float).all():
+            raise DataError(f"{datatype.name} values must be finite numbers")
+        limit = float(np.finfo(datatype.dtype).max)
+        if np.abs(as_float).max() > limit:
+            raise DataError(f"a value is out of the range of {datatype.name} (|x| <= {limit:.4g})")
+        return values.astype(datatype.dtype)
+    if kind == "f":
+        raise DataError(f"{datatype.name} values must be integers")
+    info = np.iinfo(datatype.dtype)
+    low, high = values.min(), values.max()
+    if int(low) < info.min or int(high) > info.max:
+        raise DataError(f"a value is out of the range of {datatype.name} ({info.min}..{info.max})")
+    return values.astype(datatype.dtype)
+
+
+def _strings(data: Sequence[Any]) -> np.ndarray:
+    values = np.array(data, dtype=object)
+    if not all(type(v) is str for v in values.flat):
+        raise DataError("BYTES values must be strings (in lists nested evenly)")
+    return values
+
+
+def to_json(array: np.ndarray) -> list[Any]:
+    """The tensor's values, flat (row-major), as JSON-ready Python values."""
+    flat = array.reshape(-1)
+    if array.dtype.kind in "OSU":
+        return [_text(v) for v in flat.tolist()]
+    return flat.tolist()  # type: ignore[no-any-return]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+# -- binary ------------------------------------------------------------------------------
+
+
+def from_binary(raw: bytes | memoryview, datatype: DataType, shape: Sequence[int]) -> np.ndarray:
+    """A tensor of `shape` from its binary data, which must be exactly that many values."""
+    count = int(np.prod(shape, dtype=np.int64))
+    if datatype.kind == "S":
+        return _bytes_elements(raw, count).reshape(shape)
+    expected = count * datatype.itemsize
+    if len(raw) != expected:
+        raise DataError(
+            f"{len(raw)} bytes of binary data, but shape {list(shape)} of {datatype.name} "
+            f"takes {expected} ({datatype.itemsize} per value)"
+        )
+    if datatype.kind == "b" and count and np.frombuffer(raw, np.uint8).max() > 1:
+        raise DataError("BOOL binary data must be bytes 0 or 1")
+    return np.frombuffer(raw, dtype=datatype.dtype).reshape(shape)
+
+
+def _bytes_elements(raw: bytes | memoryview, count: int) -> np.ndarray:
+    view = memoryview(raw)
+    values = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise DataError(f"BYTES binary data ends after {i} of {count} elements")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise DataError(f"BYTES element {i} claims {length} bytes; the data ends sooner")
+        values[i] = _utf8(bytes(view[offset : offset + length]), i)
+        offset += length
+    if offset != len(view):
+        raise DataError(f"{len(view) - offset} bytes left after {count} BYTES elements")
+    return values
+
+
+def _utf8(value: bytes, index: int) -> str:
+    # onnxruntime's string tensors hold text: an element that is not UTF-8 cannot reach it.
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"BYTES element {index} is not UTF-8 text") from None
+
+
+def to_binary(array: np.ndarray) -> bytes:
+    """The tensor's values as binary data (little-endian; BYTES length-prefixed)."""
+    if array.dtype.kind in "OSU":
+        parts = []
+        for value in array.reshape(-1).tolist():
+            encoded = value if isinstance(value, bytes) else str(value).encode()
+            parts.append(struct.pack("<I", len(encoded)))
+            parts.append(encoded)
+        return b"".join(parts)
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(little).tobytes()

@@ -1,0 +1,99 @@
+"""A model's signature: its inputs and outputs, by name, with datatype and shape.
+
+Read from the ONNX Runtime session. A dimension the model leaves open (a symbolic name
+such as "batch", or none) is -1, as the Open Inference Protocol reports it. Outputs
+that are not tensors (e.g. the ZipMap sequences scikit-learn exports produce by default)
+cannot travel over the protocol: they are left out and named in `hidden_outputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from model_api.datatypes import BY_ONNX, UNSUPPORTED, DataType
+from model_api.errors import ModelInvalidError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: DataType
+    shape: tuple[int, ...]  # -1: dynamic
+
+    @classmethod
+    def from_ort(cls, arg: Any) -> TensorSpec | None:
+        """From an onnxruntime NodeArg; None if it is not a tensor the protocol can carry."""
+        datatype = BY_ONNX.get(arg.type)
+        if datatype is None:
+            return None
+        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape or ())
+        return cls(arg.name, datatype, shape)
+
+    def metadata(self) -> dict[str, Any]:
+        """As the protocol's model metadata lists it."""
+        return {"name": self.name, "datatype": self.datatype.name, "shape": list(self.shape)}
+
+    def describe(self) -> str:
+        return f"{self.name!r} ({self.datatype.name} {list(self.shape)})"
+
+    def shape_problem(self, shape: Sequence[int]) -> str | None:
+        """Why a tensor of `shape` cannot be this input, or None if it can."""
+        if len(shape) != len(self.shape) or any(
+            want not in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        ):
+            return f"the model takes {list(self.shape)} (-1: any size), got {list(shape)}"
+        return None
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    hidden_outputs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_session(cls, session: Any, where: str) -> Signature:
+        inputs = []
+        for arg in session.get_inputs():
+            spec = TensorSpec.from_ort(arg)
+            if spec is None:
+                raise ModelInvalidError(f"{where}: input {arg.name!r} is {_unservable(arg.type)}")
+            inputs.append(spec)
+        outputs, hidden = [], []
+        for arg in session.get_outputs():
+            spec = TensorSpec.from_ort(arg)
+            if spec is None:
+                hidden.append(arg.name)
+            else:
+                outputs.append(spec)
+        if not outputs:
+            raise ModelInvalidError(
+                f"{where}: no output is a tensor the protocol can carry "
+                f"({', '.join(f'{o.name}: {o.type}' for o in session.get_outputs())})"
+            )
+        return cls(tuple(inputs), tuple(outputs), tuple(hidden))
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests can be stacked along the first dimension: every input and
+        output has one, and the model leaves it open."""
+        return all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs))
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "inputs": [t.metadata() for t in self.inputs],
+            "outputs": [t.metadata() for t in self.outputs],
+        }
+
+
+def _unservable(onnx_type: str) -> str:
+    why = UNSUPPORTED.get(onnx_type, "not a tensor of a datatype the protocol can carry")
+    return f"{onnx_type}: {why}"
