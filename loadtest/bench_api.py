@@ -7,25 +7,21 @@ generator; Debian: `apt-get install -y wrk`) at 16 connections, a warm-up, then 
 per scenario:
 
   (a) HTTP ceiling: a bare ASGI app under the same uvicorn settings as the API (its
-      protocol class, keep-alive, concurrency limit: model_api.__main__.uvicorn_options),
+      guard protocol, keep-alive, concurrency limit: model_api.server.uvicorn_options),
       reading the same POST body and returning a fixed small JSON body;
   (b) compute ceiling: ONNX Runtime `session.run` on one row in a loop, in process; and
       the same with the CPU caches flushed between runs, as serving HTTP does;
-  (c) the direct path's floor: the API's protocol class answering POST /predict from its
-      direct path (no ASGI cycle, model_api.protocol) with the same fixed body - what the
-      API's hot routes cost before any of our code runs;
-  a reference: FastAPI with one route returning the same fixed body (the framework's cost);
-  the API: POST /predict with 1 row and with 32 rows, POST /v2/.../infer with 1 row,
-      once with each INFERENCE_MODE (batch, inline, threadpool); and /predict with 1 row
-      through uvicorn's ASGI cycle (API_DIRECT_HOT_PATH=false) and without the access log
-      (API_ACCESS_LOG=false).
+  references: the bare app under stock uvicorn (no guard: what the guard costs), and
+      FastAPI with one route returning the same fixed body (the framework's cost);
+  the API (iris_svc): POST /predict with 1 row and with 32 rows, POST /v2/.../infer with
+      1 row, with each INFERENCE_MODE (loop, thread); /predict without the access log.
 
-(a) and the goal's scenario (/predict, 1 row, the default INFERENCE_MODE) run first,
-alternately, `--rounds` times (5), and count as their medians; the goal's ratio is the
-median of the rounds' ratios (each round's pair runs back to back): on a shared machine
-the load moves between scenarios. Prints req/s, p50 and p99 per scenario, the ratio to (a),
-resident memory per worker and the machine, and writes the same to
-loadtest/results/api.md. Compare ratios within one run, not absolute figures across runs.
+(a), /predict with 1 row and V2 with 1 row run first, in turn, `--rounds` times (5), and
+count as their medians; the goal's ratios are the medians of the rounds' ratios (each
+round's scenarios run back to back): on a shared machine the load moves between
+scenarios. Prints req/s, p50 and p99 per scenario, the ratio to (a), resident memory per
+worker and the machine, and writes the same to loadtest/results/api.md. Compare ratios
+within one run, not absolute figures across runs.
 """
 
 from __future__ import annotations
@@ -60,8 +56,8 @@ V2_PATH = "/v2/models/iris_svc/versions/v1/infer"
 # How the reference apps run: under uvicorn with the API's own settings (its protocol
 # class, keep-alive, concurrency limit...), on 127.0.0.1 at the port given.
 RUN_LIKE_THE_API = """
-from model_api.__main__ import uvicorn_options
 from model_api.config import ApiSettings
+from model_api.server import uvicorn_options
 
 options = {**uvicorn_options(ApiSettings()), "host": "127.0.0.1", "port": int(sys.argv[1])}
 uvicorn.run(app, workers=1, **options)
@@ -110,42 +106,12 @@ FASTAPI_APP = (
     + RUN_LIKE_THE_API
 )
 
-# (c) The direct path's floor: the API's own protocol class serving POST /predict on its
-# direct path (model_api.protocol.HotCycle, no ASGI cycle) with a front door that reads the
-# body and answers the fixed body at once - what the hot routes pay before our code runs.
-DIRECT_FLOOR_APP = (
-    textwrap.dedent(
-        """
-    import sys, uvicorn
-    from model_api.middleware import HotRoute
-    from model_api.protocol import DIRECT_PATH_STATE
-
-    BODY = b'{"prediction":[0.9714092016220093,0.015860972926020622,0.012729969806969166]}'
-    HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
-
-    class FixedFront:
-        max_body_bytes = 1 << 20
-
-        def __init__(self):
-            self.hot_routes = {("POST", "/predict"): HotRoute(None, "/predict")}
-
-        async def exchange(self, hot, headers, body, *request):
-            if not isinstance(body, bytes):
-                await body()
-            return 200, HEADERS, BODY
-
-    async def app(scope, receive, send):
-        if scope["type"] == "lifespan":  # offer the direct path, as the API's lifespan does
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                scope["state"][DIRECT_PATH_STATE] = FixedFront()
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-        elif scope["type"] == "http":  # the readiness poll: GET /
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            await send({"type": "http.response.body", "body": BODY})
+# The bare app under stock uvicorn (httptools, no guard): what the guard costs.
+STOCK_APP = BARE_APP.replace(
+    RUN_LIKE_THE_API,
     """
-    )
-    + RUN_LIKE_THE_API
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False)
+""",
 )
 
 # wrk: POST a fixed body; print the summary as one JSON line at the end.
@@ -269,8 +235,8 @@ def compute_ceiling(seconds: float, cold: bool = False) -> Result:
     from model_api.model import OnnxModel
 
     model = OnnxModel.load(MODEL_DIR)
-    session, feeds = model.session, {model.input_name: np.asarray([SETOSA], dtype=np.float32)}
-    outputs = [model.probabilities_name]
+    session, feeds = model.session, {"input": np.asarray([SETOSA], dtype=np.float32)}
+    outputs = ["probabilities"]
     other = np.ones(4 << 20, dtype=np.uint8)
     for _ in range(1000):
         session.run(outputs, feeds)
@@ -336,8 +302,8 @@ def api_env(args: argparse.Namespace, port: int, mode: str, **settings: str) -> 
 def run_api(
     args: argparse.Namespace, mode: str, only_one_row: bool = False, **settings: str
 ) -> tuple[list[Result], dict[int, float]]:
-    """The API's scenarios, or only /predict with 1 row (only_one_row, or other `settings`
-    than the defaults)."""
+    """The API's scenarios, or only /predict and V2 with 1 row (only_one_row), or only
+    /predict with 1 row (other `settings` than the defaults)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -349,11 +315,19 @@ def run_api(
     try:
         wait_ready(f"{url}/ready", process)
         v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
-        if only_one_row or settings:
+        if settings:
             label = "".join(f", {name}={value}" for name, value in settings.items())
             one = wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
                       f"API /predict, 1 row ({mode}{label})")  # fmt: skip
             return [one], rss_mib(process.pid)
+        if only_one_row:
+            pair = [
+                wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
+                    f"API /predict, 1 row ({mode})"),
+                wrk(f"{url}{V2_PATH}", json.dumps(v2), args.duration, args,
+                    f"API V2 infer, 1 row ({mode})"),
+            ]  # fmt: skip
+            return pair, rss_mib(process.pid)
         results = [
             wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
                 f"API /predict, 1 row ({mode})"),
@@ -397,7 +371,12 @@ def run_bare(args: argparse.Namespace, source: str = BARE_APP, name: str = "") -
 
 
 def instructions_per_request(
-    command: list[str], env: dict[str, str], ready: str, url: str, args: argparse.Namespace
+    command: list[str],
+    env: dict[str, str],
+    ready: str,
+    url: str,
+    args: argparse.Namespace,
+    body: str = json.dumps({"data": [SETOSA]}),
 ) -> tuple[float, int]:
     """User-space instructions the server executes per request over a wrk run, counted by
     callgrind: unlike seconds, the same for the same code whatever else the machine does
@@ -421,7 +400,6 @@ def instructions_per_request(
                 )
 
             # Count from the end of the warm-up to the end of the run: zero, then dump.
-            body = json.dumps({"data": [SETOSA]})
             result = wrk(url, body, args.duration, args, "", lambda: control("-z"))
             control("-d")
             dump = Path(out, f"cg.{process.pid}.1").read_text()
@@ -445,18 +423,29 @@ def count_instructions(args: argparse.Namespace) -> None:
         args,
     )
     counts = {"(a) bare ASGI app": bare}
-    for settings in ({}, {"API_DIRECT_HOT_PATH": "false"}):
+    port = free_port()
+    counts["reference: bare app, stock uvicorn (no guard)"] = instructions_per_request(
+        [sys.executable, "-c", STOCK_APP, str(port)],
+        dict(os.environ),
+        f"http://127.0.0.1:{port}/",
+        f"http://127.0.0.1:{port}/predict",
+        args,
+    )
+    v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
+    for path, body in (("/predict", {"data": [SETOSA]}), (V2_PATH, v2)):
         port = free_port()
-        label = "".join(f", {name}={value}" for name, value in settings.items())
-        counts[f"API /predict, 1 row{label}"] = instructions_per_request(
+        # INFERENCE_MODE=loop, as auto chooses natively: callgrind slows the warm-up
+        # inference ~50x, over the threshold for a thread of its own.
+        counts[f"API {path}, 1 row"] = instructions_per_request(
             [sys.executable, "-m", "model_api"],
-            api_env(args, port, "batch", **settings),
+            api_env(args, port, "loop"),
             f"http://127.0.0.1:{port}/ready",
-            f"http://127.0.0.1:{port}/predict",
+            f"http://127.0.0.1:{port}{path}",
             args,
+            json.dumps(body),
         )
     for name, (count, requests) in counts.items():
-        ratio = f", ratio (a) / it: {bare[0] / count:.0%}" if name.startswith("API") else ""
+        ratio = f", ratio (a) / it: {bare[0] / count:.0%}" if name != "(a) bare ASGI app" else ""
         print(f"{name}: {count:,.0f} instructions per request ({requests:,} requests){ratio}")
 
 
@@ -518,37 +507,43 @@ def main() -> None:
     started = datetime.now(UTC)
     description = machine()
     print(f"machine: {description}", flush=True)
-    # The goal's pair, (a) and /predict with 1 row, alternately: on a shared machine the
-    # load moves between scenarios, and the medians of interleaved runs resist that.
-    pairs: tuple[list[Result], list[Result]] = ([], [])
+    # The goal's scenarios, (a), /predict and V2 with 1 row, in turn: on a shared machine
+    # the load moves between scenarios, and the medians of interleaved runs resist that.
+    rounds: tuple[list[Result], list[Result], list[Result]] = ([], [], [])
     for _ in range(args.rounds):
-        pairs[0].append(run_bare(args))
-        pairs[1].append(run_api(args, "batch", only_one_row=True)[0][0])
-        print(f"(a) {pairs[0][-1].rps:,.0f} req/s, /predict {pairs[1][-1].rps:,.0f} req/s")
-    bare, headline = (median_of(runs, args.rounds) for runs in pairs)
-    # Each round's pair ran back to back: the median of their ratios resists the load
-    # drifting over the run better than the ratio of the two medians.
-    ratios = [api.rps / ceiling.rps for ceiling, api in zip(*pairs, strict=True)]
-    headline.ratio = statistics.median(ratios)
-    headline.name += (
-        "; ratio: median of the rounds' ratios (" + ", ".join(f"{r:.0%}" for r in ratios) + ")"
-    )
+        rounds[0].append(run_bare(args))
+        predict, v2 = run_api(args, "auto", only_one_row=True)[0]
+        rounds[1].append(predict)
+        rounds[2].append(v2)
+        print(
+            f"(a) {rounds[0][-1].rps:,.0f} req/s, /predict {predict.rps:,.0f} req/s, "
+            f"V2 {v2.rps:,.0f} req/s",
+            flush=True,
+        )
+    bare, *headlines = (median_of(runs, args.rounds) for runs in rounds)
+    # Each round's scenarios ran back to back: the median of their ratios resists the load
+    # drifting over the run better than the ratio of the medians.
+    for headline, runs in zip(headlines, rounds[1:], strict=True):
+        ratios = [api.rps / ceiling.rps for ceiling, api in zip(rounds[0], runs, strict=True)]
+        headline.ratio = statistics.median(ratios)
+        headline.name += (
+            "; ratio: median of the rounds' ratios (" + ", ".join(f"{r:.0%}" for r in ratios) + ")"
+        )
     references = [
+        run_bare(args, STOCK_APP, "reference: bare app, stock uvicorn (no guard)"),
         run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body"),
-        run_bare(args, DIRECT_FLOOR_APP, "(c) direct path's floor: the API's protocol, fixed body"),
     ]
     for r in references:
         print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
-    rows, memory = [bare, headline, *references], {}
-    for mode in ("batch", "inline", "threadpool"):
+    rows, memory = [bare, *headlines, *references], {}
+    for mode in ("loop", "thread"):
         results, memory[mode] = run_api(args, mode)
         for r in results:
             print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
         rows += results
-    for setting in ("API_DIRECT_HOT_PATH", "API_ACCESS_LOG"):
-        results, _ = run_api(args, "batch", **{setting: "false"})
-        print(f"{results[0].name}: {results[0].rps:,.0f} req/s", flush=True)
-        rows += results
+    results, _ = run_api(args, "auto", API_ACCESS_LOG="false")
+    print(f"{results[0].name}: {results[0].rps:,.0f} req/s", flush=True)
+    rows += results
     rows += [compute_ceiling(min(args.duration, 5)), compute_ceiling(min(args.duration, 5), True)]
 
     table = report(rows, bare, memory, args)

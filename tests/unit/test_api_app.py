@@ -199,7 +199,7 @@ def test_metrics_names(client: TestClient) -> None:
         "http_requests_total",
         "http_request_duration_seconds_bucket",
         "model_inference_seconds_bucket",
-        "model_batch_size_bucket",
+        "model_call_rows_bucket",
         "model_info",
         "model_load_seconds",
     ):

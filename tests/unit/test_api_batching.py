@@ -50,17 +50,14 @@ class FakeModel:
 
 
 class Recorded:
-    """The metrics the batcher reports: rows per call; (seconds, rows) per request."""
+    """The metrics the batcher reports: per call, its time and its rows."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
-        self.inferences: list[tuple[float, int]] = []
 
-    def record_call(self, rows: int) -> None:
+    def record_call(self, seconds: float, rows: int) -> None:
+        assert seconds >= 0
         self.calls.append(rows)
-
-    def record_inference(self, seconds: float, rows: int) -> None:
-        self.inferences.append((seconds, rows))
 
 
 def rows(*values: float, width: int = 1) -> np.ndarray:
@@ -89,9 +86,6 @@ def test_requests_of_one_turn_share_one_call_and_get_their_own_rows() -> None:
     results = run_all(Batcher(model, 100, metrics=metrics), rows(1), rows(2, 3), rows(4))  # type: ignore[arg-type]
     assert model.calls == [4] and metrics.calls == [4]
     assert ys(results) == [[2], [4, 6], [8]]
-    # Each request: its own rows, the time of the call they shared.
-    assert [n for _, n in metrics.inferences] == [1, 2, 1]
-    assert len({seconds for seconds, _ in metrics.inferences}) == 1
 
 
 def test_a_request_alone_runs_alone_without_waiting_for_company() -> None:

@@ -251,3 +251,26 @@ def test_symbolic_and_fixed_dimensions(tmp_path: Path) -> None:
     assert spec.shape_problem([2, 7, 3]) is not None
     assert spec.shape_problem([1, 7]) is not None
     assert model.zeros()["x"].shape == (1, 1, 3)
+
+
+def test_an_input_the_model_refuses_at_run_time_is_a_400_others_a_500(tmp_path: Path) -> None:
+    """onnxruntime raises InvalidArgument (onnxruntime.capi.onnxruntime_pybind11_state)
+    for an index outside an embedding table: the request's fault. A contract: fails if
+    an upgrade moves or renames that exception class."""
+    from model_api.errors import translate_inference_error
+
+    table = oh.make_tensor("table", onnx.TensorProto.FLOAT, [3, 2], [0.0] * 6)
+    graph = oh.make_graph(
+        [oh.make_node("Gather", ["table", "ids"], ["y"])],
+        "lookup",
+        [oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["N"])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
+        [table],
+    )
+    model = OnnxModel.load(write_model(tmp_path / "lookup" / "v1", graph))
+    assert model.run({"ids": np.array([2])}, ["y"])[0].shape == (1, 2)
+    with pytest.raises(Exception) as caught:
+        model.run({"ids": np.array([7])}, ["y"])
+    error = translate_inference_error(caught.value)
+    assert error.status_code == 400 and "the model refused the input" in error.message
+    assert translate_inference_error(RuntimeError("boom")).status_code == 500

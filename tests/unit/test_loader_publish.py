@@ -142,10 +142,10 @@ def test_unsafe_or_reserved_object_names_are_refused(tmp_path: Path, name: str) 
 
 
 def test_missing_required_file_is_not_found(tmp_path: Path) -> None:
-    source = FakeSource("gs://b/m/v1/", {"model.onnx": b"x"})
+    source = FakeSource("gs://b/m/v1/", {"label.json": b"{}"})
     defaults = LoaderSettings(MODEL_URI=source.uri, MODEL_DIR=str(tmp_path))  # type: ignore[call-arg]
-    assert defaults.require_files == ("model.onnx", "label.json")
-    with pytest.raises(ObjectNotFoundError, match=r"missing label\.json \(found: model\.onnx\)"):
+    assert defaults.require_files == ("model.onnx",)  # a model needs nothing else
+    with pytest.raises(ObjectNotFoundError, match=r"missing model\.onnx \(found: label\.json\)"):
         load(defaults, source)
     assert source.downloads == []
     assert not (tmp_path / "current").exists()

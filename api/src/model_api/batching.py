@@ -43,9 +43,7 @@ Arrays = list[np.ndarray]
 class Recorder(Protocol):
     """What the batcher reports to (model_api.metrics.Metrics)."""
 
-    def record_call(self, rows: int) -> None: ...
-
-    def record_inference(self, seconds: float, rows: int) -> None: ...
+    def record_call(self, seconds: float, rows: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -221,9 +219,8 @@ class Batcher:
 
     def _finish(self, call: _Call) -> None:
         """Hand each request its result (on the loop)."""
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.record_call(call.rows)
+        if self.metrics is not None:
+            self.metrics.record_call(call.seconds, call.rows)
         for w, result in zip(call.batch, call.results, strict=True):
             if w.future.done():
                 continue
@@ -231,5 +228,3 @@ class Batcher:
                 w.future.set_exception(result)
             else:
                 w.future.set_result(result)
-                if metrics is not None:
-                    metrics.record_inference(call.seconds, w.rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -29,7 +29,7 @@ from model_api.datatypes import (
 )
 from model_api.errors import BadRequestError
 from model_api.parsing import parse_body
-from model_api.schemas import V2InferRequest, V2RequestInput
+from model_api.schemas import V2InferRequest, V2RequestInput, V2RequestOutput
 from model_api.signature import Signature
 
 V2_EXAMPLE = '{"inputs": [{"name": ..., "shape": ..., "datatype": ..., "data": ...}]}'
@@ -73,23 +73,94 @@ def split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
+class Tensor(NamedTuple):
+    """An input tensor as the request gives it (the fields of V2RequestInput)."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None
+    data: list[Any] | None
+
+
+class Output(NamedTuple):
+    """A requested output as the request gives it (the fields of V2RequestOutput)."""
+
+    name: str
+    parameters: dict[str, Any] | None
+
+
+class Header(NamedTuple):
+    """The JSON header of an inference request (the fields of V2InferRequest)."""
+
+    id: str | None
+    parameters: dict[str, Any] | None
+    inputs: Sequence[Tensor | V2RequestInput]
+    outputs: Sequence[Output | V2RequestOutput] | None
+
+
 def decode(
     body: bytes, header_length: str | None, signature: Signature, max_rows: int
 ) -> InferenceRequest:
     header, binary = split(body, header_length)
-    request = parse_body(V2InferRequest, header, V2_EXAMPLE, BadRequestError)
+    request = _header(header)
     inputs = decode_inputs(request.inputs, binary, signature)
     default_binary = (request.parameters or {}).get("binary_data_output") is True
     return InferenceRequest(
         inputs=inputs,
-        outputs=_outputs(request, signature, default_binary),
+        outputs=_outputs(request.outputs, signature, default_binary),
         id=request.id,
         rows=_rows(inputs, signature, max_rows),
     )
 
 
+def _header(header: bytes) -> Header:
+    """The request's JSON header: read with orjson and checked field by field in the
+    usual case; anything unusual goes to the schema (V2InferRequest), which accepts what
+    it may and words the error otherwise."""
+    try:
+        raw = orjson.loads(header)
+        tensors = [_tensor(t) for t in raw["inputs"]]
+        outputs = raw.get("outputs")
+        wanted = None if outputs is None else [_output(o) for o in outputs]
+        id_ = raw.get("id")
+        parameters = raw.get("parameters")
+        if tensors and (id_ is None or type(id_) is str) and _optional_dict(parameters):
+            return Header(id_, parameters, tensors, wanted)
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
+        pass
+    request = parse_body(V2InferRequest, header, V2_EXAMPLE, BadRequestError)
+    return Header(request.id, request.parameters, request.inputs, request.outputs)
+
+
+def _tensor(raw: dict[str, Any]) -> Tensor:
+    name, shape, datatype = raw["name"], raw["shape"], raw["datatype"]
+    parameters, data = raw.get("parameters"), raw.get("data")
+    if (
+        type(name) is str
+        and type(datatype) is str
+        and type(shape) is list
+        and all(type(d) is int and d >= 0 for d in shape)
+        and _optional_dict(parameters)
+        and (data is None or type(data) is list)
+    ):
+        return Tensor(name, shape, datatype, parameters, data)
+    raise ValueError  # the schema explains it
+
+
+def _output(raw: dict[str, Any]) -> Output:
+    name, parameters = raw["name"], raw.get("parameters")
+    if type(name) is str and _optional_dict(parameters):
+        return Output(name, parameters)
+    raise ValueError
+
+
+def _optional_dict(value: Any) -> bool:
+    return value is None or (type(value) is dict and all(type(k) is str for k in value))
+
+
 def decode_inputs(
-    tensors: Sequence[V2RequestInput], binary: bytes, signature: Signature
+    tensors: Sequence[Tensor | V2RequestInput], binary: bytes, signature: Signature
 ) -> dict[str, np.ndarray]:
     """The request's tensors as arrays, each checked against the model's input."""
     inputs: dict[str, np.ndarray] = {}
@@ -143,9 +214,10 @@ def decode_inputs(
 def _rows(inputs: dict[str, np.ndarray], signature: Signature, limit: int) -> int | None:
     if not signature.batchable:
         return None
-    sizes = {name: array.shape[0] for name, array in inputs.items()}
-    rows = next(iter(sizes.values()))
-    if len(set(sizes.values())) > 1:
+    arrays = iter(inputs.values())
+    rows = next(arrays).shape[0]
+    if any(array.shape[0] != rows for array in arrays):
+        sizes = {name: array.shape[0] for name, array in inputs.items()}
         raise BadRequestError(f"inputs: the first dimension is the batch, and it differs: {sizes}")
     if rows < 1:
         raise BadRequestError("inputs: the batch (first dimension) must have at least 1 row")
@@ -155,12 +227,14 @@ def _rows(inputs: dict[str, np.ndarray], signature: Signature, limit: int) -> in
 
 
 def _outputs(
-    request: V2InferRequest, signature: Signature, default_binary: bool
+    requested: Sequence[Output | V2RequestOutput] | None,
+    signature: Signature,
+    default_binary: bool,
 ) -> list[RequestedOutput]:
-    if not request.outputs:
+    if not requested:
         return [RequestedOutput(t.name, default_binary) for t in signature.outputs]
     wanted = []
-    for i, out in enumerate(request.outputs):
+    for i, out in enumerate(requested):
         spec = signature.output(out.name)
         if spec is None:
             names = [t.name for t in signature.outputs]

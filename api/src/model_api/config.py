@@ -18,9 +18,10 @@ class ApiSettings(BaseSettings):
     # before giving up with exit code 3. 0: the model must be there at start.
     model_wait_seconds: float = Field(default=0, ge=0, validation_alias="MODEL_WAIT_SECONDS")
     # The served model's name and version when neither the loader's manifest nor the
-    # directory layout <name>/<version>/ says (the loader reads the same two names).
-    model_name: str = Field(default="model", min_length=1, validation_alias="MODEL_NAME")
-    model_version: str = Field(default="1", min_length=1, validation_alias="MODEL_VERSION")
+    # directory layout <name>/<version>/ says (then "model" and "1"). The loader reads
+    # the same two names, and records them in its manifest.
+    model_name: str | None = Field(default=None, min_length=1, validation_alias="MODEL_NAME")
+    model_version: str | None = Field(default=None, min_length=1, validation_alias="MODEL_VERSION")
 
     host: str = Field(default="0.0.0.0", validation_alias="API_HOST")
     port: int = Field(default=8000, ge=1, le=65535, validation_alias="API_PORT")

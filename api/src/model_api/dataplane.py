@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from model_api import __version__
 from model_api.batching import Arrays, Batcher
-from model_api.codec import decode, decode_inputs, encode
+from model_api.codec import InferenceRequest, decode, decode_inputs, encode
 from model_api.config import ApiSettings
 from model_api.errors import (
     BadRequestError,
@@ -85,6 +86,27 @@ def warmup_requests(model: OnnxModel) -> list[dict[str, np.ndarray]]:
         except BadRequestError as exc:
             raise ModelInvalidError(f"{model.path}: model-config.json warmup.{i}: {exc}") from None
     return requests
+
+
+@dataclass(slots=True)
+class V2Inference:
+    model: OnnxModel
+    request: InferenceRequest
+    request_id: str
+    outputs: asyncio.Future[Arrays]
+
+    def response(self, arrays: Arrays) -> tuple[bytes, bytes | None]:
+        """The response body (and its Inference-Header-Content-Length when some outputs
+        are binary)."""
+        model, request = self.model, self.request
+        return encode(
+            model.name,
+            model.version,
+            request.id if request.id is not None else self.request_id,
+            request.outputs,
+            arrays,
+            model.labels,
+        )
 
 
 class DataPlane:
@@ -157,25 +179,17 @@ class DataPlane:
             raise NotReadyError("the model is not loaded yet")
         return batcher.infer(inputs, outputs, rows)
 
-    async def infer_v2(
+    def infer_v2(
         self,
         model: OnnxModel,
         body: bytes,
         header_length: str | None,
         request_id: str,
-    ) -> tuple[bytes, bytes | None]:
-        """A V2 inference request's response body (and its Inference-Header-Content-Length
-        when some outputs are binary)."""
+    ) -> V2Inference:
+        """A V2 inference request, decoded against the model's signature and under way."""
         request = decode(body, header_length, model.signature, self.settings.max_batch_size)
-        arrays = await self.infer(request.inputs, request.output_names, request.rows)
-        return encode(
-            model.name,
-            model.version,
-            request.id if request.id is not None else request_id,
-            request.outputs,
-            arrays,
-            model.labels,
-        )
+        outputs = self.infer(request.inputs, request.output_names, request.rows)
+        return V2Inference(model, request, request_id, outputs)
 
     # -- metadata ------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:

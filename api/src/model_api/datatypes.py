@@ -9,6 +9,7 @@ as a 4-byte little-endian length followed by its bytes.
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ UNSUPPORTED = {
 
 
 def datatype_of(array: np.ndarray) -> DataType:
+    found = BY_NUMPY.get(array.dtype)  # native byte order: the usual case
+    if found is not None:
+        return found
     if array.dtype.kind in "US":
         return DATATYPES["BYTES"]
     try:
@@ -85,7 +89,7 @@ def from_json(data: Sequence[Any], datatype: DataType, shape: Sequence[int]) -> 
     """A tensor of `shape` from its JSON data (flat or nested, row-major): every value
     must be of the datatype's kind (numbers for numeric types, integers for integer
     types, true/false for BOOL, strings for BYTES) and within its range."""
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if datatype.kind == "S":
         values = _strings(data)
     else:
@@ -95,7 +99,7 @@ def from_json(data: Sequence[Any], datatype: DataType, shape: Sequence[int]) -> 
             raise DataError(
                 "nested lists of different lengths, or an integer out of range"
             ) from None
-        if datatype.kind != "b" and values.dtype.kind in "iu" and _has_bool(data, values.ndim):
+        if datatype.kind != "b" and values.dtype.kind in "iuf" and _has_bool(data, values.ndim):
             raise DataError(f"{datatype.name} values must be numbers, got true/false")
         if datatype.kind in "iu" and values.dtype.kind in "fO":
             exact = _exact_integers(data, datatype)
@@ -131,6 +135,15 @@ def _exact_integers(data: Sequence[Any], datatype: DataType) -> np.ndarray | Non
     return exact.astype(datatype.dtype)
 
 
+# Tensors of at most this many values are checked value by value in Python.
+SMALL = 64
+_FLOAT_MAX = {name: float(np.finfo(DATATYPES[name].dtype).max) for name in ("FP16", "FP32", "FP64")}
+
+
+def _not_finite(datatype: DataType, limit: float) -> str:
+    return f"{datatype.name} values must be finite numbers within |x| <= {limit:.4g}"
+
+
 def _cast_numbers(values: np.ndarray, datatype: DataType) -> np.ndarray:
     kind = values.dtype.kind
     if values.size == 0:
@@ -144,20 +157,25 @@ def _cast_numbers(values: np.ndarray, datatype: DataType) -> np.ndarray:
     if kind not in "iuf":
         raise DataError(f"{datatype.name} values must be numbers")
     if datatype.kind == "f":
-        as_float = values if kind == "f" else values.astype(np.float64)
-        if not np.isfinite(as_float).all():
-            raise DataError(f"{datatype.name} values must be finite numbers")
-        limit = float(np.finfo(datatype.dtype).max)
-        if np.abs(as_float).max() > limit:
-            raise DataError(f"a value is out of the range of {datatype.name} (|x| <= {limit:.4g})")
-        return values.astype(datatype.dtype)
+        limit = _FLOAT_MAX[datatype.name]
+        if values.size <= SMALL:  # numpy's per-call cost is most of it: check in Python
+            if not all(-limit <= v <= limit for v in values.ravel().tolist()):  # NaN fails
+                raise DataError(_not_finite(datatype, limit))
+            return values.astype(datatype.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = values.astype(datatype.dtype)
+        if not np.isfinite(cast).all():  # NaN, infinity, or beyond the type's range
+            raise DataError(_not_finite(datatype, limit))
+        return cast
     if kind == "f":
         raise DataError(f"{datatype.name} values must be integers")
-    info = np.iinfo(datatype.dtype)
-    low, high = values.min(), values.max()
-    if int(low) < info.min or int(high) > info.max:
-        raise DataError(f"a value is out of the range of {datatype.name} ({info.min}..{info.max})")
-    return values.astype(datatype.dtype)
+    if values.dtype != datatype.dtype:  # numpy read int64 (or uint64): check the range
+        info = np.iinfo(datatype.dtype)
+        if int(values.min()) < info.min or int(values.max()) > info.max:
+            raise DataError(
+                f"a value is out of the range of {datatype.name} ({info.min}..{info.max})"
+            )
+    return values.astype(datatype.dtype, copy=False)
 
 
 def _strings(data: Sequence[Any]) -> np.ndarray:
@@ -186,7 +204,7 @@ def _text(value: Any) -> str:
 
 def from_binary(raw: bytes | memoryview, datatype: DataType, shape: Sequence[int]) -> np.ndarray:
     """A tensor of `shape` from its binary data, which must be exactly that many values."""
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if datatype.kind == "S":
         return _bytes_elements(raw, count).reshape(shape)
     expected = count * datatype.itemsize

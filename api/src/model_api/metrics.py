@@ -60,18 +60,15 @@ class Metrics:
         )
         self.inference = Histogram(
             "model_inference_seconds",
-            "ONNX Runtime time per request: of the call that served it (with "
-            "INFERENCE_MODE=batch a call may serve several requests).",
+            "ONNX Runtime time per call (a call may serve several requests stacked into "
+            "one batch: model_call_rows).",
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram(
-            "model_batch_size", "Rows per inference request.", buckets=BATCH_BUCKETS, registry=r
-        )
         self.call_rows = Histogram(
             "model_call_rows",
-            "Rows per ONNX Runtime call: with INFERENCE_MODE=batch, the rows of all the "
-            "requests that shared it.",
+            "Rows per ONNX Runtime call: the rows of all the requests stacked into it "
+            "(its _sum: all rows inferred; its _count: the calls).",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
@@ -93,26 +90,21 @@ class Metrics:
         # (method, route, status) -> the counter's child; (method, route) -> histogram's.
         self._request_series: dict[tuple[str, str, str], Any] = {}
         self._latency_series: dict[tuple[str, str], Any] = {}
-        # (method, route, status code, seconds) per request; (seconds, rows) per inference;
-        # rows per ONNX Runtime call.
+        # (method, route, status code, seconds) per request; (seconds, rows) per ONNX
+        # Runtime call.
         self._requests: Deferred[tuple[str, str, int, float]] = Deferred(self._add_requests)
-        self._inferences: Deferred[tuple[float, int]] = Deferred(self._add_inferences)
-        self._calls: Deferred[tuple[int]] = Deferred(self._add_calls)
+        self._calls: Deferred[tuple[float, int]] = Deferred(self._add_calls)
 
     def record_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self._requests.add((method, route, status, seconds))
 
-    def record_inference(self, seconds: float, rows: int) -> None:
-        """One request's inference: the time of the call that served it, its rows."""
-        self._inferences.add((seconds, rows))
-
-    def record_call(self, rows: int) -> None:
-        """One ONNX Runtime call and its rows."""
-        self._calls.add((rows,))
+    def record_call(self, seconds: float, rows: int) -> None:
+        """One ONNX Runtime call: its time and its rows."""
+        self._calls.add((seconds, rows))
 
     def flush(self) -> None:
         """Add what is pending to the metrics now (before a scrape, at shutdown)."""
-        for pending in (self._requests, self._inferences, self._calls):
+        for pending in (self._requests, self._calls):
             pending.flush()
 
     def _add_requests(self, records: list[tuple[str, str, int, float]]) -> None:
@@ -131,12 +123,9 @@ class Metrics:
                 child = self._latency_series[key] = self.latency.labels(*key)
             observe_many(child, values)
 
-    def _add_inferences(self, records: list[tuple[float, int]]) -> None:
+    def _add_calls(self, records: list[tuple[float, int]]) -> None:
         observe_many(self.inference, [seconds for seconds, _ in records])
-        observe_many(self.batch_size, [rows for _, rows in records])
-
-    def _add_calls(self, records: list[tuple[int]]) -> None:
-        observe_many(self.call_rows, [rows for (rows,) in records])
+        observe_many(self.call_rows, [rows for _, rows in records])
 
     def render(self) -> bytes:
         """The exposition text: this process's registry, or all workers' files."""

@@ -114,8 +114,8 @@ class OnnxModel:
         cls,
         model_dir: str | Path,
         threads: int = 1,
-        name: str = "model",
-        version: str = "1",
+        name: str | None = None,
+        version: str | None = None,
     ) -> OnnxModel:
         """Open the model in `model_dir` with `threads` intra-op threads (unless its
         config sets them); `name`/`version` if neither manifest nor layout says."""
@@ -135,7 +135,7 @@ class OnnxModel:
             path=path,
             session=session,
             signature=signature,
-            identity=Identity.of(path, manifest, name, version),
+            identity=Identity.of(path, manifest, name or "model", version or "1"),
             sha256=sha256,
             config=config,
             manifest=manifest,

@@ -8,6 +8,7 @@ cannot travel over the protocol: they are left out and named in `hidden_outputs`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,14 +41,16 @@ class TensorSpec:
 
     def shape_problem(self, shape: Sequence[int]) -> str | None:
         """Why a tensor of `shape` cannot be this input, or None if it can."""
-        if len(shape) != len(self.shape) or any(
-            want not in (-1, got) for want, got in zip(self.shape, shape, strict=True)
-        ):
-            return f"the model takes {list(self.shape)} (-1: any size), got {list(shape)}"
-        return None
+        if len(shape) == len(self.shape):
+            for want, got in zip(self.shape, shape, strict=True):
+                if want != got and want != -1:
+                    break
+            else:
+                return None
+        return f"the model takes {list(self.shape)} (-1: any size), got {list(shape)}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True)  # not slots: cached_property keeps its value in __dict__
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -75,17 +78,25 @@ class Signature:
             )
         return cls(tuple(inputs), tuple(outputs), tuple(hidden))
 
-    @property
+    @functools.cached_property
     def batchable(self) -> bool:
         """Whether requests can be stacked along the first dimension: every input and
         output has one, and the model leaves it open."""
         return all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs))
 
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self._inputs.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        return self._outputs.get(name)
+
+    @functools.cached_property
+    def _inputs(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.inputs}
+
+    @functools.cached_property
+    def _outputs(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.outputs}
 
     def metadata(self) -> dict[str, Any]:
         return {

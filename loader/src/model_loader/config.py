@@ -20,9 +20,10 @@ class LoaderSettings(BaseSettings):
     model_name: str | None = Field(default=None, validation_alias="MODEL_NAME")
     model_version: str | None = Field(default=None, validation_alias="MODEL_VERSION")
 
-    # Files the version must contain, or nothing is published (the API needs both).
+    # Files the version must contain, or nothing is published (the API needs only the
+    # model; labels, config and sample are optional).
     require_files: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=("model.onnx", "label.json"), validation_alias="LOADER_REQUIRE_FILES"
+        default=("model.onnx",), validation_alias="LOADER_REQUIRE_FILES"
     )
     # How long to keep retrying while storage is unreachable (an emulator starting up).
     wait_seconds: float = Field(default=60.0, gt=0, validation_alias="LOADER_WAIT_SECONDS")

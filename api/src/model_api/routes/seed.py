@@ -12,6 +12,7 @@ fall back to a slower pass only to explain a body that fails it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,10 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from model_api.batching import Arrays
 from model_api.errors import InvalidInputError, NotFoundError
 from model_api.media import json_body, no_content_encoding
-from model_api.middleware import Call, HotRoute, HotRoutes, Reply, via_router
+from model_api.middleware import Call, HotRoute, HotRoutes, Pending, Reply, via_router
 from model_api.model import OnnxModel
 from model_api.parsing import parse_body
 from model_api.schemas import (
@@ -86,30 +88,35 @@ def _rows(call: Call, view: Tabular) -> np.ndarray:
     return rows
 
 
-async def _predict(call: Call, model: OnnxModel, view: Tabular, rows: np.ndarray) -> np.ndarray:
+def _submit(call: Call, model: OnnxModel, view: Tabular, rows: np.ndarray) -> Any:
     batch = len(rows) if model.signature.batchable else None
-    (values,) = await call.state.dataplane.infer(
-        {view.input.name: rows}, (view.output.name,), batch
-    )
-    return values
+    return call.state.dataplane.infer({view.input.name: rows}, (view.output.name,), batch)
 
 
-def _predictions(values: np.ndarray, model: OnnxModel) -> Reply:
-    # Python floats (doubles) of the float32 values: the digits are those of the seed.
-    rows = values.tolist()
-    return Reply(orjson.dumps({"prediction": rows[0] if len(rows) == 1 else rows}), model.version)
+def _predictions(model: OnnxModel) -> Callable[[Arrays], Reply]:
+    def reply(outputs: Arrays) -> Reply:
+        # Python floats (doubles) of the float32 values: the digits are those of the seed.
+        rows = outputs[0].tolist()
+        body = orjson.dumps({"prediction": rows[0] if len(rows) == 1 else rows})
+        return Reply(body, model.version)
+
+    return reply
 
 
-def _labels(values: np.ndarray, model: OnnxModel, view: Tabular) -> Reply:
-    if view.labels is None:
+def _labels(model: OnnxModel, view: Tabular) -> Callable[[Arrays], Reply]:
+    names = view.labels
+    if names is None:
         raise NotFoundError(
             f"{model.name} {model.version} has no labels (model-config.json or label.json); "
             f"POST /predict answers its {view.output.name!r} output"
         )
-    labels = [view.labels[i] for i in values.argmax(axis=1).tolist()]
-    return Reply(
-        orjson.dumps({"prediction": labels[0] if len(labels) == 1 else labels}), model.version
-    )
+
+    def reply(outputs: Arrays) -> Reply:
+        labels = [names[i] for i in outputs[0].argmax(axis=1).tolist()]
+        body = orjson.dumps({"prediction": labels[0] if len(labels) == 1 else labels})
+        return Reply(body, model.version)
+
+    return reply
 
 
 def _sample(model: OnnxModel, view: Tabular) -> np.ndarray:
@@ -118,24 +125,26 @@ def _sample(model: OnnxModel, view: Tabular) -> np.ndarray:
     return np.asarray(model.sample, dtype=view.input.datatype.dtype)
 
 
-async def predict(call: Call) -> Reply:
+def predict(call: Call) -> Pending:
     model, view = _view(call)
-    return _predictions(await _predict(call, model, view, _rows(call, view)), model)
+    return Pending(_submit(call, model, view, _rows(call, view)), _predictions(model))
 
 
-async def predict_label(call: Call) -> Reply:
+def predict_label(call: Call) -> Pending:
     model, view = _view(call)
-    return _labels(await _predict(call, model, view, _rows(call, view)), model, view)
+    reply = _labels(model, view)
+    return Pending(_submit(call, model, view, _rows(call, view)), reply)
 
 
-async def predict_test(call: Call) -> Reply:
+def predict_test(call: Call) -> Pending:
     model, view = _view(call)
-    return _predictions(await _predict(call, model, view, _sample(model, view)), model)
+    return Pending(_submit(call, model, view, _sample(model, view)), _predictions(model))
 
 
-async def predict_test_label(call: Call) -> Reply:
+def predict_test_label(call: Call) -> Pending:
     model, view = _view(call)
-    return _labels(await _predict(call, model, view, _sample(model, view)), model, view)
+    reply = _labels(model, view)
+    return Pending(_submit(call, model, view, _sample(model, view)), reply)
 
 
 HOT_ROUTES: HotRoutes = {

@@ -14,10 +14,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from model_api.batching import Arrays
 from model_api.codec import BINARY
 from model_api.errors import UnsupportedMediaError
 from model_api.media import media_type, no_content_encoding
-from model_api.middleware import Call, HotRoute, HotRoutes, Reply, via_router
+from model_api.middleware import Call, HotRoute, HotRoutes, Pending, Reply, via_router
 from model_api.model import OnnxModel
 from model_api.schemas import (
     ErrorResponse,
@@ -72,16 +73,16 @@ async def model_version_ready(request: Request, name: str, version: str) -> V2Mo
     return V2ModelReady(name=request.app.state.dataplane.named(name, version).name, ready=True)
 
 
-async def infer_latest(call: Call) -> Reply:
-    return await _infer(call, call.state.dataplane.named(call.path_params["name"]))
+def infer_latest(call: Call) -> Pending:
+    return _infer(call, call.state.dataplane.named(call.path_params["name"]))
 
 
-async def infer_version(call: Call) -> Reply:
+def infer_version(call: Call) -> Pending:
     params = call.path_params
-    return await _infer(call, call.state.dataplane.named(params["name"], params["version"]))
+    return _infer(call, call.state.dataplane.named(params["name"], params["version"]))
 
 
-async def _infer(call: Call, model: OnnxModel) -> Reply:
+def _infer(call: Call, model: OnnxModel) -> Pending:
     if call.content_encoding != "identity":
         no_content_encoding(call.content_encoding)
     kind = media_type(call.content_type)
@@ -90,17 +91,22 @@ async def _infer(call: Call, model: OnnxModel) -> Reply:
             f"Content-Type must be application/json (or application/octet-stream with "
             f"Inference-Header-Content-Length), got {kind!r}"
         )
-    body, header_length = await call.state.dataplane.infer_v2(
+    inference = call.state.dataplane.infer_v2(
         model, call.body, call.inference_header_length, call.request_id
     )
-    if header_length is None:
-        return Reply(body, model.version)
-    return Reply(
-        body,
-        model.version,
-        content_type=BINARY,
-        headers=((b"inference-header-content-length", header_length),),
-    )
+
+    def reply(arrays: Arrays) -> Reply:
+        body, header_length = inference.response(arrays)
+        if header_length is None:
+            return Reply(body, model.version)
+        return Reply(
+            body,
+            model.version,
+            content_type=BINARY,
+            headers=((b"inference-header-content-length", header_length),),
+        )
+
+    return Pending(inference.outputs, reply)
 
 
 _INFER = {"response_model": V2InferResponse, "responses": _ERRORS, "openapi_extra": _BODY}
