@@ -176,9 +176,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         try:
             result = load(settings, source, dry_run=args.dry_run)
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+            source.close()
     except LoaderError as exc:
         log.error("%s: %s", exc.kind, exc.message, extra={"exit_code": exc.exit_code})
         write_termination_message(
