@@ -91,7 +91,7 @@ def test_a_reset_mid_range_resumes_from_the_last_whole_block(
     origin: FaultProxy, downloaders: list[Downloader], tmp_path: Path
 ) -> None:
     # 4 MiB slices of 1 MiB blocks: the reset cuts the first slice in its third block.
-    origin.faults = [Fault(match=PATH, reset_after=2 * BLOCK + 500_000)]
+    origin.faults = [Fault(match=f"{PATH} bytes=0-", reset_after=2 * BLOCK + 500_000)]
     _, sha256 = fetch(downloaders, origin, tmp_path / "m", slice_bytes=4 * MIB)
     assert sha256 == hashlib.sha256(DATA).hexdigest()
     assert (tmp_path / "m").read_bytes() == DATA
