@@ -4,7 +4,8 @@ Layout of MODEL_DIR (an emptyDir in Kubernetes, a named volume in Compose):
 
     current -> versions/<id>          the one the API reads; swapped with rename(2)
     versions/<id>/model.onnx ...      a complete, verified copy of the source
-    versions/<id>/manifest.json       what was loaded: source, generations, checksums
+    versions/<id>/manifest.json       what was loaded: source, generations, checksums,
+                                      and the verified signature's signer (if signed)
     .staging-*/                       a download in progress (removed on any failure)
 
 A reader sees the old version or the new one, never a mix: files land in a staging
@@ -40,6 +41,7 @@ from model_loader.errors import (
     ObjectNotFoundError,
 )
 from model_loader.progress import Progress
+from model_loader.signature import SIGNATURE_FILE, VerifyKey, verify
 from model_loader.sources.base import RemoteObject, Source
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class LoadResult:
 def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> LoadResult:
     """Publish the source's version in MODEL_DIR. `dry_run`: list, check, touch nothing."""
     model_dir = Path(settings.model_dir)
+    key = VerifyKey.load(settings.verify_key) if settings.verify_key else None
     if not dry_run:
         _prepare(model_dir)
     started = time.monotonic()
@@ -76,8 +79,11 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
     # An archive's files are known once it is unpacked: they are checked then.
     archived = any(o.archive for o in objects)
     if not archived:
-        _check_required(source.uri, [o.name for o in objects], settings.require_files)
-        _pinned_name(settings, source.uri, [o.name for o in objects])
+        names = [o.name for o in objects]
+        _check_required(source.uri, names, settings.require_files)
+        _pinned_name(settings, source.uri, names)
+        if key is not None and SIGNATURE_FILE not in names:
+            raise _unsigned(source.uri)  # before downloading anything
     name, version = _identity(settings, source.uri, objects)
 
     current = read_manifest(model_dir / CURRENT)
@@ -85,6 +91,7 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         current is not None
         and _same(current, source.uri, name, version, objects)
         and _pin_holds(current, settings.model_sha256)
+        and (key is None or current.get("signature", {}).get("signer") == key.fingerprint)
     ):
         log.info("up to date: %s %s from %s is already published", name, version, source.uri)
         return LoadResult("up-to-date", (model_dir / CURRENT).resolve(), current)
@@ -94,6 +101,8 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         for obj in objects:
             unpack = ", to unpack" if obj.archive else ""
             log.info("would download %s (%d bytes%s) -> %s", obj.uri, obj.size, unpack, obj.name)
+        if key is not None:
+            log.info("would verify %s with MODEL_VERIFY_KEY (%s)", SIGNATURE_FILE, key.fingerprint)
         log.info("would publish %s %s: %d files, %d bytes", name, version, len(objects), total)
         return LoadResult("dry run", model_dir / CURRENT, {})
     _check_space(model_dir, total)
@@ -106,6 +115,7 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         if archive is not None:
             _check_names(source.uri, names)
             _check_required(source.uri, names, settings.require_files)
+        signature = _check_signature(source.uri, staging, entries, key)
         pinned = _pinned_name(settings, source.uri, names)
         if pinned is not None and settings.model_sha256 is not None:
             got = next(e["sha256"] for e in entries if e["name"] == pinned)
@@ -126,6 +136,8 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         }
         if archive is not None:
             manifest["archive"] = archive
+        if signature is not None:
+            manifest["signature"] = signature
         _write_json(staging / MANIFEST, manifest)
         _fsync_dir(staging)
         target = _commit(model_dir, staging, name, version)
@@ -146,6 +158,43 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         model_dir / CURRENT,
     )
     return LoadResult("published", target, manifest)
+
+
+def _check_signature(
+    uri: str, staging: Path, entries: list[dict[str, Any]], key: VerifyKey | None
+) -> dict[str, Any] | None:
+    """Verify model.sig against the digests taken while receiving; the manifest's
+    provenance block, or None if the version is not verified (one log line says why)."""
+    digests = {e["name"]: e["sha256"] for e in entries}
+    if SIGNATURE_FILE not in digests:
+        if key is not None:
+            raise _unsigned(uri)
+        log.info(
+            "unsigned: %s has no %s; loaded without a signature check "
+            "(MODEL_VERIFY_KEY would require one)",
+            uri,
+            SIGNATURE_FILE,
+        )
+        return None
+    if key is None:
+        log.info(
+            "not verified: %s is signed (%s) but MODEL_VERIFY_KEY is not set", uri, SIGNATURE_FILE
+        )
+        return None
+    with _destination(staging / SIGNATURE_FILE):
+        signature = (staging / SIGNATURE_FILE).read_bytes()
+    provenance = verify(uri, signature, digests, key)
+    log.info(
+        "signature verified: %s, %d files, signed by %s", uri, provenance["files"], key.fingerprint
+    )
+    return provenance
+
+
+def _unsigned(uri: str) -> IntegrityError:
+    return IntegrityError(
+        f"signature check failed for {uri}: no {SIGNATURE_FILE} (unsigned), and "
+        "MODEL_VERIFY_KEY requires a signed model; nothing was published"
+    )
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any] | None:
