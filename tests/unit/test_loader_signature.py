@@ -9,6 +9,7 @@ loader's with one line naming what failed.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +21,7 @@ from model_signing import hashing, signing, verifying
 
 from model_loader.errors import ConfigError, IntegrityError
 from model_loader.signature import SIGNATURE_FILE, VerifyKey, verify
-from tests.conftest import MODEL_V1, key_pair, models_script
+from tests.conftest import MODEL_V1, ROOT, key_pair, models_script
 
 URI = "gs://b/iris_svc/v9/"
 
@@ -212,3 +213,28 @@ def test_a_bad_verify_key_is_a_configuration_error(
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=problem):
         VerifyKey.load(str(path))
+
+
+def test_make_keys_makes_a_pair_that_signs_and_verifies(
+    tmp_path: Path, publish_module: ModuleType
+) -> None:
+    keys = tmp_path / "keys"
+    made = subprocess.run(
+        ["make", "-s", "keys", f"KEYS_DIR={keys}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    private, public = keys / "model-signing.key", keys / "model-signing.pub"
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    assert oct(keys.stat().st_mode & 0o777) == "0o700"
+    assert VerifyKey.load(str(public)).key.curve.name == "secp256r1"
+    version = tmp_path / "v"
+    version.mkdir()
+    (version / "model.onnx").write_bytes(b"onnx")
+    (version / SIGNATURE_FILE).write_bytes(
+        publish_module.sign(version, private, [version / "model.onnx"])
+    )
+    assert both(version, public) == (None, None)
+    again = subprocess.run(
+        ["make", "-s", "keys", f"KEYS_DIR={keys}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert again.returncode != 0 and "exists" in again.stdout + again.stderr
