@@ -36,14 +36,24 @@ ps: ## the stack's containers, the finished loader included
 	$(COMPOSE) ps -a
 
 # --- models -------------------------------------------------------------------
-.PHONY: model publish
+.PHONY: model publish keys
 model: venv ## re-train and re-export models/iris_svc/v1 (reproducible)
 	uv run --frozen python models/train.py
 
-# make publish SRC=models/iris_svc/v2 URI=gs://ml-models/iris_svc/v2/
-publish: venv ## upload a version directory to the running stack's bucket
-	@test -n "$(SRC)" -a -n "$(URI)" || { echo "usage: make publish SRC=dir URI=gs://bucket/name/version/"; exit 2; }
-	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI)
+# make publish SRC=models/iris_svc/v2 URI=gs://ml-models/iris_svc/v2/ [SIGN_KEY=keys/model-signing.key]
+publish: venv ## upload a version directory to the running stack's bucket (signed with SIGN_KEY)
+	@test -n "$(SRC)" -a -n "$(URI)" || { echo "usage: make publish SRC=dir URI=gs://bucket/name/version/ [SIGN_KEY=keys/model-signing.key]"; exit 2; }
+	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI) $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
+
+# The signing key pair: keys/ is git-ignored and never copied into an image.
+KEYS_DIR ?= keys
+keys: ## an ECDSA P-256 key pair for signing models: $(KEYS_DIR)/model-signing.{key,pub}
+	@test ! -e $(KEYS_DIR)/model-signing.key || { echo "$(KEYS_DIR)/model-signing.key exists; remove it to make a new pair"; exit 2; }
+	mkdir -p -m 700 $(KEYS_DIR)
+	umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $(KEYS_DIR)/model-signing.key
+	openssl pkey -in $(KEYS_DIR)/model-signing.key -pubout -out $(KEYS_DIR)/model-signing.pub && chmod 644 $(KEYS_DIR)/model-signing.pub
+	@echo "sign:   make publish SRC=... URI=... SIGN_KEY=$(KEYS_DIR)/model-signing.key"
+	@echo "verify: MODEL_VERIFY_KEY=$(KEYS_DIR)/model-signing.pub docker compose up -d --wait"
 
 # --- benchmarks ---------------------------------------------------------------
 .PHONY: bench-startup bench-api bench-api-instructions bench-loader

@@ -11,6 +11,8 @@ local disk with three clients (and a reference), interleaved, `--runs` times eac
              straightforward approach
   loader     `python -m model_loader` (ranges in parallel, crc32c + sha256, manifest,
              atomic publish)
+  signed     the same, of the same bytes signed with model-signing (an ECDSA P-256 key
+             made for the run), verified with MODEL_VERIFY_KEY
   null       `curl -o /dev/null`: the emulator and loopback alone, no disk, for reference
 
 For each it prints seconds, MB/s and the child's peak RSS (`wait4` rusage), the medians,
@@ -46,11 +48,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, key_pair, models_script  # noqa: E402
 from tests.integration.conftest import FakeGcs  # noqa: E402
 
 BUCKET = "bench"
 PREFIX = "big/v1/"
+SIGNED = "big/v1-signed/"  # the same files, and model.sig
 MIB = 1 << 20
 
 PLAIN = """
@@ -113,8 +116,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as Markdown here")
     parser.add_argument(
         "--clients",
-        default="curl,plain,loader,null",
-        help="comma list of curl, plain, loader, null",
+        default="curl,plain,loader,signed,null",
+        help="comma list of curl, plain, loader, signed, null",
     )
     args = parser.parse_args()
 
@@ -128,10 +131,19 @@ def main() -> None:
             for _ in range(args.size_mib):
                 fh.write(os.urandom(MIB))
         (folder / "label.json").write_text('{"0": "a"}\n')
+        signed = work / "data" / BUCKET / SIGNED
+        signed.mkdir()
+        for path in folder.iterdir():
+            os.link(path, signed / path.name)
+        private, public = key_pair(work / "keys")
+        signature = models_script("publish").sign(signed, private, sorted(signed.iterdir()))
+        (signed / "model.sig").write_bytes(signature)
         server = FakeGcs(url=f"http://127.0.0.1:{free_port()}", data=work / "data")
         server.start()
         try:
-            rows = bench(server, work, args.size_mib * MIB, args.runs, args.clients.split(","))
+            rows = bench(
+                server, work, args.size_mib * MIB, args.runs, args.clients.split(","), public
+            )
         finally:
             server.stop()
     finally:
@@ -143,7 +155,9 @@ def main() -> None:
         args.out.write_text(report)
 
 
-def bench(server: FakeGcs, work: Path, size: int, runs: int, clients: list[str]) -> list[Run]:
+def bench(
+    server: FakeGcs, work: Path, size: int, runs: int, clients: list[str], public_key: Path
+) -> list[Run]:
     name = PREFIX + "model.onnx"
     meta = httpx.get(f"{server.url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}").json()
     assert int(meta["size"]) == size, meta
@@ -157,6 +171,7 @@ def bench(server: FakeGcs, work: Path, size: int, runs: int, clients: list[str])
         "curl": ["curl", "-sSf", "-o", str(dest / "model.onnx"), media],
         "plain": [sys.executable, "-c", PLAIN, BUCKET, name, str(dest / "model.onnx")],
         "loader": [sys.executable, "-m", "model_loader"],
+        "signed": [sys.executable, "-m", "model_loader"],
         "null": ["curl", "-sSf", "-o", "/dev/null", media],
     }
     loader_env = {
@@ -165,13 +180,23 @@ def bench(server: FakeGcs, work: Path, size: int, runs: int, clients: list[str])
         "MODEL_DIR": str(dest),
         "LOADER_TERMINATION_LOG": str(work / "termination-log"),
     }
+    envs = {
+        "loader": loader_env,
+        "signed": {
+            **loader_env,
+            "MODEL_URI": f"gs://{BUCKET}/{SIGNED}",
+            "MODEL_VERIFY_KEY": str(public_key),
+        },
+    }
     results: list[Run] = []
     for i in range(runs):
         for client in clients:
             argv = commands[client]
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir()
-            seconds, rss, cpu, stderr = timed(argv, loader_env if client == "loader" else env, work)
+            seconds, rss, cpu, stderr = timed(argv, envs.get(client, env), work)
+            if client == "signed":
+                assert "signature verified" in stderr, stderr
             published = re.search(r"published .* in ([0-9.]+) s", stderr)
             if client != "null":
                 got = next(dest.rglob("model.onnx")).stat().st_size
@@ -188,6 +213,21 @@ def bench(server: FakeGcs, work: Path, size: int, runs: int, clients: list[str])
     return results
 
 
+def signed_lines(rows: list[Run], med: dict[str, tuple[float, float, float]]) -> list[str]:
+    """Verification's cost: (d) against (c), round by round (they run back to back)."""
+    if "signed" not in med:
+        return []
+    loader = [r.seconds for r in rows if r.client == "loader"]
+    signed = [r.seconds for r in rows if r.client == "signed"]
+    ratio = statistics.median(s / u for s, u in zip(signed, loader, strict=True))
+    return [
+        f"Signed vs unsigned: **{100 * (ratio - 1):+.1f}%** wall time (median of the rounds' "
+        f"ratios; goal <= +10%): model.sig checked with the sha256 taken while receiving, "
+        f"no second read; peak RSS {med['signed'][1]:.0f} MiB.",
+        "",
+    ]
+
+
 def render(rows: list[Run], size_mib: int, runs: int) -> str:
     size = size_mib * MIB
     med = {
@@ -196,7 +236,7 @@ def render(rows: list[Run], size_mib: int, runs: int) -> str:
             max(r.peak_rss_mib for r in rows if r.client == c),
             statistics.median(r.cpu_seconds for r in rows if r.client == c),
         )
-        for c in ("curl", "plain", "loader", "null")
+        for c in ("curl", "plain", "loader", "signed", "null")
         if any(r.client == c for r in rows)
     }
     if not {"curl", "plain", "loader"} <= med.keys():
@@ -217,6 +257,7 @@ def render(rows: list[Run], size_mib: int, runs: int) -> str:
         "curl": "(a) `curl -o` media URL",
         "plain": "(b) `blob.download_to_filename`",
         "loader": "(c) `python -m model_loader`",
+        "signed": "(d) (c) of the signed version, `MODEL_VERIFY_KEY` set",
         "null": "for reference: `curl -o /dev/null` (no disk)",
     }
     for client, (seconds, rss, cpu) in med.items():
@@ -234,6 +275,7 @@ def render(rows: list[Run], size_mib: int, runs: int) -> str:
         f"Loader vs curl: **{100 * curl / loader:.0f}%** (goal >= 60%). "
         f"Loader peak RSS: **{med['loader'][1]:.0f} MiB** (goal <= 120 MB).",
         "",
+        *signed_lines(rows, med),
         f"Of the loader's {loader:.2f} s, its own publish (list, ranged download, crc32c "
         f"and sha256 of every byte, fsync, manifest, rename) took a median {publish:.2f} s "
         f"({size / publish / 1e6:.0f} MB/s); the rest is the Python interpreter starting "

@@ -1,6 +1,15 @@
 """Publish a model version directory to a bucket: the Model-Load way to ship a model.
 
     uv run python models/publish.py models/iris_svc/v2 gs://ml-models/iris_svc/v2/
+    uv run python models/publish.py models/iris_svc/v2 gs://ml-models/iris_svc/v2/ \
+        --sign-key keys/model-signing.key
+
+With --sign-key (an ECDSA private key, PEM: `make keys` makes one), the version is
+signed with OpenSSF model-signing (`model_signing sign key`, files/sha256) and the
+signature is uploaded with it as `model.sig`, covering exactly the files uploaded. The
+signature is written to a temporary file, never into the source directory, and the key
+never leaves this machine. A loader given the public key (MODEL_VERIFY_KEY) refuses the
+version unless the signature holds for every file.
 
 Talks to the local emulator when STORAGE_EMULATOR_HOST is set (`make publish` sets it
 to the compose stack's fake-gcs on 127.0.0.1), otherwise to real GCS with Application
@@ -13,20 +22,42 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from google.api_core.exceptions import GoogleAPIError, PreconditionFailed
 from google.cloud import storage
 
 LAST = "model.onnx"
+SIGNATURE = "model.sig"  # the name the loader looks for (model_loader.signature)
 
 
-def publish(src: Path, uri: str, client: storage.Client) -> list[str]:
+def sign(src: Path, key: Path, files: list[Path]) -> bytes:
+    """model-signing's signature (key-based) over exactly `files` of `src`."""
+    from model_signing import hashing, signing
+
+    names = {p.relative_to(src).as_posix() for p in files}
+    others = [p.relative_to(src) for p in src.rglob("*") if p.is_file()]
+    ignored = [p for p in others if p.as_posix() not in names]
+    with tempfile.TemporaryDirectory() as tmp:
+        signature = Path(tmp) / SIGNATURE
+        config = hashing.Config().set_ignored_paths(paths=[SIGNATURE, *ignored])
+        signing.Config().use_elliptic_key_signer(private_key=key).set_hashing_config(config).sign(
+            src, signature
+        )
+        return signature.read_bytes()
+
+
+def publish(src: Path, uri: str, client: storage.Client, sign_key: Path | None = None) -> list[str]:
     if not uri.startswith("gs://") or not uri.endswith("/"):
         raise ValueError(f"{uri!r}: expected gs://bucket/prefix/ (with the trailing slash)")
     bucket_name, _, prefix = uri[len("gs://") :].partition("/")
     files = sorted(
-        (p for p in src.rglob("*") if p.is_file() and p.suffix != ".py"),
+        (
+            p
+            for p in src.rglob("*")
+            if p.is_file() and p.suffix != ".py" and not (sign_key and p.name == SIGNATURE)
+        ),
         key=lambda p: (p.name == LAST, p.as_posix()),
     )
     if not any(p.name == LAST for p in files):
@@ -34,8 +65,12 @@ def publish(src: Path, uri: str, client: storage.Client) -> list[str]:
     existing = list(client.list_blobs(bucket_name, prefix=prefix, max_results=1))
     if existing:
         raise ValueError(f"{uri} already exists; publish a new version instead")
+    signature = sign(src, sign_key, files) if sign_key else None
     bucket = client.bucket(bucket_name)
     published = []
+    if signature is not None:  # before model.onnx: a version is complete once it lands
+        bucket.blob(prefix + SIGNATURE).upload_from_string(signature, if_generation_match=0)
+        published.append(f"gs://{bucket_name}/{prefix}{SIGNATURE}")
     for path in files:
         name = prefix + path.relative_to(src).as_posix()
         # if_generation_match=0: create only, never overwrite.
@@ -48,11 +83,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path, help="a version directory, e.g. models/iris_svc/v2")
     parser.add_argument("uri", help="destination prefix, e.g. gs://ml-models/iris_svc/v2/")
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="PEM",
+        help="sign with this ECDSA private key (model-signing) and upload model.sig",
+    )
     args = parser.parse_args()
     try:
-        for uri in publish(args.src, args.uri, storage.Client()):
+        for uri in publish(args.src, args.uri, storage.Client(), args.sign_key):
             print(f"published {uri}")
-    except (ValueError, PreconditionFailed) as exc:
+    except (ValueError, OSError, PreconditionFailed) as exc:
         print(f"publish: {exc}", file=sys.stderr)
         return 2
     except GoogleAPIError as exc:

@@ -66,6 +66,30 @@ def fake_google_credentials(path: Path, kind: str, token_uri: str = GOOGLE_TOKEN
     return info
 
 
+def key_pair(directory: Path, curve: str = "secp256r1") -> tuple[Path, Path]:
+    """An ECDSA key pair made now (keys are never committed), as `make keys` makes one:
+    directory/key.pem (private, PKCS8 PEM, mode 0600) and directory/key.pub (PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory.mkdir(parents=True, exist_ok=True)
+    private = ec.generate_private_key(ec.SECP384R1() if curve == "secp384r1" else ec.SECP256R1())
+    (directory / "key.pem").write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (directory / "key.pem").chmod(0o600)
+    (directory / "key.pub").write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return directory / "key.pem", directory / "key.pub"
+
+
 def models_script(name: str) -> ModuleType:
     """Import models/<name>.py (models/ holds scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"models_{name}", ROOT / "models" / f"{name}.py")

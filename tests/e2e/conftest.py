@@ -125,10 +125,11 @@ class Stack:
             check=True,
         ).stdout.split()
 
-    def publish(self, src: Path, uri: str) -> None:
-        """Upload a version directory to this stack's emulator, as `make publish` does."""
+    def publish(self, src: Path, uri: str, sign_key: Path | None = None) -> None:
+        """Upload a version directory to this stack's emulator, as `make publish` does
+        (signed with `sign_key`, as `make publish SIGN_KEY=...` does)."""
         with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": self.gcs}):
-            models_script("publish").publish(src, uri, storage.Client())
+            models_script("publish").publish(src, uri, storage.Client(), sign_key)
 
     def inspect(self, service: str) -> dict[str, Any]:
         return self.containers()[service]

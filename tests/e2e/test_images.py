@@ -23,6 +23,8 @@ CREDENTIAL_NAMES = {
     "credentials.json",
     "gcs_credentials",  # compose.gcs.yaml's secret: only ever a run-time mount
     "key.json",
+    "model-signing.key",  # make keys' private key: never in an image
+    "verify-key.pem",  # the loader's public key arrives only as a run-time mount
     "service-account.json",
     "id_rsa",
     "id_ed25519",

@@ -95,13 +95,15 @@ def fake_gcs(gcs_data: Path) -> Iterator[FakeGcs]:
     server.stop()
 
 
-def run_loader(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_loader(
+    env: dict[str, str], timeout: float = 60, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_URI", "MODEL_DIR")}
     # Never /dev/termination-log on the test machine (root may write there).
     full_env["LOADER_TERMINATION_LOG"] = str(Path(env["MODEL_DIR"]).parent / "termination-log")
     full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "model_loader"],
+        [sys.executable, "-m", "model_loader", *args],
         env=full_env,
         capture_output=True,
         text=True,

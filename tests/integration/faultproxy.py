@@ -2,13 +2,18 @@
 
 It forwards every request to the upstream and, for requests whose path and query
 contain `Fault.match`, misbehaves the way storage does in production: status bursts,
-connection resets mid-body, stalls, flipped bytes. It records every request it sees,
-so tests can count what the loader actually downloaded.
+connection resets mid-body, stalls, bodies cut short, flipped bytes. It records every
+request it sees, so tests can count what the loader actually downloaded.
+
+Without an upstream it is the origin itself: it serves `objects` (path -> bytes) from
+memory, with Range requests answered 206 (or ignored, `ranges=False`), so the
+downloader can be tested in-process with no emulator.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import struct
 import threading
@@ -31,13 +36,15 @@ class _QuietServer(ThreadingHTTPServer):
 
 @dataclass
 class Fault:
-    match: str = MEDIA
+    match: str = MEDIA  # in "<path and query> <Range header>", e.g. "model.onnx bytes=0-"
     times: int = 1  # how many matching requests misbehave (then it passes through)
     status: int | None = None  # answer this instead of forwarding
     reset_after: int | None = None  # send this many body bytes, then a TCP reset
     stall_after: int | None = None  # send this many body bytes, then go silent...
     stall_seconds: float = 0.0  # ...for this long, then close
+    close_after: int | None = None  # send this many body bytes, then close (FIN): short
     corrupt: bool = False  # flip one byte in the middle of the body
+    delay_seconds: float = 0.0  # wait this long before answering
 
 
 @dataclass
@@ -50,9 +57,13 @@ class Seen:
 
 @dataclass
 class FaultProxy:
-    upstream: str  # http://127.0.0.1:PORT
+    upstream: str | None = None  # http://127.0.0.1:PORT; None: serve `objects`
     faults: list[Fault] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
+    objects: dict[str, bytes] = field(default_factory=dict)  # path (no query) -> body
+    ranges: bool = True  # as the origin: honour Range (206), else send it all (200)
+    in_flight: int = 0  # requests being answered now, and the most at once
+    most_in_flight: int = 0
     url: str = ""
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,7 +111,19 @@ class FaultProxy:
             )
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        fault = self._take_fault(handler.path)
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            self._answer(handler)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
+        fault = self._take_fault(f"{handler.path} {handler.headers.get('Range') or ''}")
+        if fault is not None:
+            time.sleep(fault.delay_seconds)
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else None
         if fault is not None and fault.status is not None:
@@ -112,34 +135,34 @@ class FaultProxy:
             handler.end_headers()
             handler.wfile.write(payload)
             return
-        target = urlsplit(self.upstream)
-        try:
-            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-            headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
-            conn.request(handler.command, handler.path, body=body, headers=headers)
-            upstream = conn.getresponse()
-            data = upstream.read()
-            conn.close()
-        except OSError:
-            # Upstream down (not started yet): what a load balancer in front would say.
-            self._record(handler, 502)
-            handler.send_response(502)
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
-            return
-        self._record(handler, upstream.status)
-        handler.send_response(upstream.status)
-        for key, value in upstream.getheaders():
+        if self.upstream is None:
+            status, headers, data = self._serve(handler)
+        else:
+            try:
+                status, headers, data = self._forward(handler, self.upstream, body)
+            except OSError:
+                # Upstream down (not started yet): what a load balancer in front would say.
+                self._record(handler, 502)
+                handler.send_response(502)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+        self._record(handler, status)
+        handler.send_response(status)
+        for key, value in headers:
             if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
                 handler.send_header(key, value)
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
+        if handler.command == "HEAD":
+            return
         if fault is not None and fault.corrupt and data:
             middle = len(data) // 2
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
         cut = None
         if fault is not None:
-            cut = fault.reset_after if fault.reset_after is not None else fault.stall_after
+            cuts = (fault.reset_after, fault.stall_after, fault.close_after)
+            cut = next((c for c in cuts if c is not None), None)
         sent = 0
         try:
             while sent < len(data):
@@ -158,9 +181,37 @@ class FaultProxy:
                 handler.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
-            else:
+            elif fault.stall_after is not None:
                 time.sleep(fault.stall_seconds)
             handler.close_connection = True
             handler.connection.close()
         except OSError:
             handler.close_connection = True
+
+    @staticmethod
+    def _forward(
+        handler: BaseHTTPRequestHandler, upstream: str, body: bytes | None
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        target = urlsplit(upstream)
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
+        conn.request(handler.command, handler.path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, response.getheaders(), data
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
+        data = self.objects.get(urlsplit(handler.path).path)
+        if data is None:
+            return 404, [], b""
+        headers = [("Accept-Ranges", "bytes" if self.ranges else "none"), ("ETag", '"1"')]
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range") or "")
+        if not self.ranges or wanted is None or handler.command == "HEAD":
+            return 200, headers, data
+        start = int(wanted[1])
+        end = min(int(wanted[2]) + 1 if wanted[2] else len(data), len(data))
+        if start >= len(data):
+            return 416, headers, b""
+        headers.append(("Content-Range", f"bytes {start}-{end - 1}/{len(data)}"))
+        return 206, headers, data[start:end]

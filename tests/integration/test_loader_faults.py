@@ -23,7 +23,6 @@ from urllib.parse import quote
 
 import google_crc32c
 import pytest
-import requests
 
 from model_loader.transfer import Downloader, Job, TransferSettings
 from tests.conftest import MODEL_V1, free_port
@@ -299,8 +298,11 @@ def test_downloader_with_a_small_pool_writes_and_hashes_every_byte(
         backoff_initial=0.05,
         direct_io=direct_io,
     )
-    with requests.Session() as session:
-        sha256 = Downloader(session, settings).fetch(job)
+    downloader = Downloader(settings)
+    try:
+        sha256 = downloader.submit(job).result(timeout=60)
+    finally:
+        downloader.close()
     assert sha256 == hashlib.sha256(data).hexdigest()
     assert job.dest.read_bytes() == data  # the padded last block was cut back to size
     assert len(proxy.media_requests()) == 6 + 1  # six slices, one of them retried

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -27,14 +28,20 @@ LABELS = (MODEL_V1 / "label.json").read_bytes()
 
 
 class Quiet(SimpleHTTPRequestHandler):
+    requests: ClassVar[list[str]] = []  # "METHOD path" of every request, in order
+
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        Quiet.requests.append(f"{self.command} {self.path}")
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
+    Quiet.requests.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root
@@ -90,6 +97,33 @@ def test_archive_is_unpacked(served: tuple[str, Path], tmp_path: Path, kind: str
     for name, data in members.items():
         assert (current / name).read_bytes() == data
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["current", "versions"]
+
+
+def test_archive_is_listed_without_downloading_it(served: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = served
+    tar_gz(root / "v1.tar.gz", {"model.onnx": MODEL, "label.json": LABELS})
+    dry = run_loader(loader(f"{url}/v1.tar.gz", tmp_path / "m"), args=("--dry-run",))
+    assert dry.returncode == 0, dry.stderr
+    assert "would download" in dry.stderr and "to unpack" in dry.stderr
+    assert Quiet.requests == ["HEAD /v1.tar.gz"]
+    assert not (tmp_path / "m" / "current").exists()
+
+    assert run_loader(loader(f"{url}/v1.tar.gz", tmp_path / "m")).returncode == 0
+    Quiet.requests.clear()
+    again = run_loader(loader(f"{url}/v1.tar.gz", tmp_path / "m"))
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+    assert Quiet.requests == ["HEAD /v1.tar.gz"]  # unchanged: neither fetched nor unpacked
+
+
+def test_archive_without_a_required_file_publishes_nothing(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, root = served
+    tar_gz(root / "v1.tar.gz", {"model.onnx": MODEL})
+    result = run_loader(loader(f"{url}/v1.tar.gz", tmp_path / "m"))
+    assert result.returncode == 4, result.stderr
+    assert "missing label.json (found: model.onnx)" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["versions"]
 
 
 @pytest.mark.parametrize(

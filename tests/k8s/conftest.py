@@ -55,16 +55,23 @@ def containers(spec: Doc) -> list[Doc]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
-def with_key_secret(tmp_path: Path) -> list[Doc]:
-    """The gke overlay plus the optional key-Secret component, as a user would compose it."""
-    overlay = tmp_path / "gke-with-key"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
+def with_components(tmp_path: Path, overlay: str, *components: str) -> list[Doc]:
+    """An overlay plus optional components, as a user would compose them."""
+    directory = tmp_path / f"{overlay}-with-{'-'.join(components)}"
+    directory.mkdir()
+    (directory / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{os.path.relpath(K8S / 'overlays' / 'gke', overlay)}]\n"
-        f"components: [{os.path.relpath(K8S / 'components' / 'gcs-key-secret', overlay)}]\n"
+        f"resources: [{os.path.relpath(K8S / 'overlays' / overlay, directory)}]\n"
+        "components: ["
+        + ", ".join(os.path.relpath(K8S / "components" / c, directory) for c in components)
+        + "]\n"
     )
-    return render(overlay)
+    return render(directory)
+
+
+def with_key_secret(tmp_path: Path) -> list[Doc]:
+    """The gke overlay plus the optional key-Secret component."""
+    return with_components(tmp_path, "gke", "gcs-key-secret")
 
 
 @pytest.fixture(scope="session")

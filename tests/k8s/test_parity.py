@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.k8s.conftest import Doc, compose_config, find, pod_spec, with_key_secret
+from tests.k8s.conftest import (
+    Doc,
+    compose_config,
+    find,
+    pod_spec,
+    with_components,
+    with_key_secret,
+)
 
 # compose service -> (Deployment, container) in the minikube overlay
 PAIRS = {
@@ -154,3 +161,45 @@ def test_real_gcs_gives_a_key_to_the_loader_alone_in_both(tmp_path: Path) -> Non
             assert "STORAGE_EMULATOR_HOST" not in {*k8s_env, *loader_env}
         else:
             assert key == [] and "GOOGLE_APPLICATION_CREDENTIALS" not in k8s_env
+
+
+def test_signed_models_give_the_verify_key_to_the_loader_alone_in_both(tmp_path: Path) -> None:
+    """MODEL_VERIFY_KEY=<host file> docker compose up, and the minikube overlay with the
+    model-verify-key component: the loader alone mounts the public key read-only, at the
+    same path, which its MODEL_VERIFY_KEY names; the API neither mounts nor names it."""
+    key = tmp_path / "model-signing.pub"
+    key.write_text("a public key\n")
+    compose = compose_config(MODEL_VERIFY_KEY=str(key))["services"]
+    docs = with_components(tmp_path, "minikube", "model-verify-key")
+
+    loader_env = compose["loader"]["environment"]
+    assert [c["target"] for c in compose["loader"]["configs"]] == [loader_env["MODEL_VERIFY_KEY"]]
+    assert (
+        "configs" not in compose["api"] and "MODEL_VERIFY_KEY" not in compose["api"]["environment"]
+    )
+    config = compose_config(MODEL_VERIFY_KEY=str(key))["configs"]["model_verify_key"]
+    assert config["file"] == str(key)
+
+    spec = pod_spec(find(docs, "Deployment", "model-load-api"))
+    key_volumes = {
+        v["name"]
+        for v in spec["volumes"]
+        if v.get("configMap", {}).get("name") == "model-verify-key"
+    }
+    assert len(key_volumes) == 1
+    for c in [*spec["initContainers"], *spec["containers"]]:
+        env = env_of(docs, c)
+        mounts = [m for m in c.get("volumeMounts", []) if m["name"] in key_volumes]
+        if c["name"] == "loader":
+            assert len(mounts) == 1 and mounts[0]["readOnly"] is True
+            assert env["MODEL_VERIFY_KEY"] == loader_env["MODEL_VERIFY_KEY"]
+            assert env["MODEL_VERIFY_KEY"].startswith(mounts[0]["mountPath"] + "/")
+        else:
+            assert mounts == [] and not env.get("MODEL_VERIFY_KEY")
+
+
+def test_without_a_key_neither_checks_signatures(minikube: list[Doc]) -> None:
+    loader_env = compose_config()["services"]["loader"]["environment"]
+    assert (loader_env["MODEL_VERIFY_KEY"], loader_env["MODEL_SIGNATURE_REQUIRED"]) == ("", "false")
+    k8s_env = env_of(minikube, container(minikube, "loader"))
+    assert (k8s_env["MODEL_VERIFY_KEY"], k8s_env["MODEL_SIGNATURE_REQUIRED"]) == ("", "false")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class FakeSource:
         self.fail_on = fail_on
         self.listed_sizes = listed_sizes or {}
         self.downloads: list[str] = []
+        self.closed = 0
 
     def list_objects(self) -> list[RemoteObject]:
         return [
@@ -48,12 +50,19 @@ class FakeSource:
             for n, b in sorted(self.files.items())
         ]
 
-    def download(self, obj: RemoteObject, dest: Path, progress: object = None) -> None:
+    def download(self, obj: RemoteObject, dest: Path, progress: object = None) -> Future[None]:
         self.downloads.append(obj.name)
+        future: Future[None] = Future()
         if obj.name == self.fail_on:
             dest.write_bytes(b"partial")
-            raise ConnectionResetError("storage went away")
-        dest.write_bytes(self.files[obj.name])
+            future.set_exception(ConnectionResetError("storage went away"))
+        else:
+            dest.write_bytes(self.files[obj.name])
+            future.set_result(None)
+        return future
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 def published(model_dir: Path) -> dict[str, bytes]:
@@ -119,6 +128,7 @@ def test_failure_mid_download_keeps_the_previous_version_and_leaves_no_litter(
     )
     with pytest.raises(ConnectionResetError):
         load(settings(tmp_path, broken.uri), broken)
+    assert broken.closed  # no download may go on writing into the removed staging area
 
     assert published(tmp_path) == before
     assert not list(tmp_path.glob(STAGING_PREFIX + "*"))

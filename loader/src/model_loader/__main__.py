@@ -46,7 +46,8 @@ exit codes (the reason is one line on stderr, and in LOADER_TERMINATION_LOG):
   3    storage unreachable within LOADER_WAIT_SECONDS, or retries exhausted
   4    not found: bucket, prefix, object or a required file
   5    permission denied, or no credentials (the line says how to provide them)
-  6    integrity failure: checksum, size or MODEL_SHA256 mismatch, unsafe object name
+  6    integrity failure: checksum, size or MODEL_SHA256 mismatch, unsafe object name,
+       signature missing or not valid for MODEL_VERIFY_KEY
   7    LOADER_TIMEOUT_SECONDS passed
   8    MODEL_DIR not writable, too small or full
   130  interrupted by SIGINT; 143 by SIGTERM; nothing published
@@ -61,6 +62,7 @@ _FLAGS = {
     "sha256": "MODEL_SHA256",
     "timeout": "LOADER_TIMEOUT_SECONDS",
     "concurrency": "LOADER_CONCURRENCY",
+    "verify_key": "MODEL_VERIFY_KEY",
     "log_format": "LOG_FORMAT",
 }
 
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sha256", metavar="HEX", help="MODEL_SHA256: pin model.onnx's sha256")
     parser.add_argument("--timeout", metavar="SECONDS", help="LOADER_TIMEOUT_SECONDS")
     parser.add_argument("--concurrency", metavar="N", help="LOADER_CONCURRENCY")
+    parser.add_argument(
+        "--verify-key", metavar="PEM", help="MODEL_VERIFY_KEY: require model.sig by this key"
+    )
     parser.add_argument("--log-format", choices=("text", "json"), help="LOG_FORMAT")
     parser.add_argument(
         "--dry-run",
@@ -176,9 +181,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         try:
             result = load(settings, source, dry_run=args.dry_run)
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+            source.close()
     except LoaderError as exc:
         log.error("%s: %s", exc.kind, exc.message, extra={"exit_code": exc.exit_code})
         write_termination_message(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,6 +46,11 @@ class LoaderSettings(BaseSettings):
     model_sha256: str | None = Field(
         default=None, pattern="^[0-9a-fA-F]{64}$", validation_alias="MODEL_SHA256"
     )
+    # A public key (PEM, ECDSA): the version must carry model.sig, an OpenSSF
+    # model-signing signature made with its private key, covering exactly its files.
+    verify_key: str | None = Field(default=None, validation_alias="MODEL_VERIFY_KEY")
+    # true: refuse to run without MODEL_VERIFY_KEY, so that no model loads unverified.
+    signature_required: bool = Field(default=False, validation_alias="MODEL_SIGNATURE_REQUIRED")
     # Kubernetes shows this file's content as the container's termination message.
     termination_log: str = Field(
         default="/dev/termination-log", validation_alias="LOADER_TERMINATION_LOG"
@@ -64,10 +69,18 @@ class LoaderSettings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("model_sha256", mode="before")
+    @field_validator("model_sha256", "verify_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _required_needs_a_key(self) -> LoaderSettings:
+        if self.signature_required and self.verify_key is None:
+            raise ValueError(
+                "MODEL_SIGNATURE_REQUIRED=true needs MODEL_VERIFY_KEY (the signer's public key)"
+            )
+        return self
 
     @field_validator("model_uri")
     @classmethod

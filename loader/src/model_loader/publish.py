@@ -4,7 +4,8 @@ Layout of MODEL_DIR (an emptyDir in Kubernetes, a named volume in Compose):
 
     current -> versions/<id>          the one the API reads; swapped with rename(2)
     versions/<id>/model.onnx ...      a complete, verified copy of the source
-    versions/<id>/manifest.json       what was loaded: source, generations, checksums
+    versions/<id>/manifest.json       what was loaded: source, generations, checksums,
+                                      and the verified signature's signer (if signed)
     .staging-*/                       a download in progress (removed on any failure)
 
 A reader sees the old version or the new one, never a mix: files land in a staging
@@ -21,9 +22,9 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -40,6 +41,7 @@ from model_loader.errors import (
     ObjectNotFoundError,
 )
 from model_loader.progress import Progress
+from model_loader.signature import SIGNATURE_FILE, VerifyKey, verify
 from model_loader.sources.base import RemoteObject, Source
 
 log = logging.getLogger(__name__)
@@ -66,22 +68,30 @@ class LoadResult:
 def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> LoadResult:
     """Publish the source's version in MODEL_DIR. `dry_run`: list, check, touch nothing."""
     model_dir = Path(settings.model_dir)
+    key = VerifyKey.load(settings.verify_key) if settings.verify_key else None
     if not dry_run:
         _prepare(model_dir)
     started = time.monotonic()
 
     log.info("listing %s", source.uri)
     objects = source.list_objects()
-    _check_names(source.uri, objects)
-    _check_required(source.uri, objects, settings.require_files)
+    _check_names(source.uri, [o.name for o in objects])
+    # An archive's files are known once it is unpacked: they are checked then.
+    archived = any(o.archive for o in objects)
+    if not archived:
+        names = [o.name for o in objects]
+        _check_required(source.uri, names, settings.require_files)
+        _pinned_name(settings, source.uri, names)
+        if key is not None and SIGNATURE_FILE not in names:
+            raise _unsigned(source.uri)  # before downloading anything
     name, version = _identity(settings, source.uri, objects)
-    pinned = _pinned_name(settings, source.uri, objects)
 
     current = read_manifest(model_dir / CURRENT)
     if (
         current is not None
         and _same(current, source.uri, name, version, objects)
-        and _pin_holds(current, pinned, settings.model_sha256)
+        and _pin_holds(current, settings.model_sha256)
+        and (key is None or current.get("signature", {}).get("signer") == key.fingerprint)
     ):
         log.info("up to date: %s %s from %s is already published", name, version, source.uri)
         return LoadResult("up-to-date", (model_dir / CURRENT).resolve(), current)
@@ -89,7 +99,10 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
     total = sum(o.size for o in objects)
     if dry_run:
         for obj in objects:
-            log.info("would download %s (%d bytes) -> %s", obj.uri, obj.size, obj.name)
+            unpack = ", to unpack" if obj.archive else ""
+            log.info("would download %s (%d bytes%s) -> %s", obj.uri, obj.size, unpack, obj.name)
+        if key is not None:
+            log.info("would verify %s with MODEL_VERIFY_KEY (%s)", SIGNATURE_FILE, key.fingerprint)
         log.info("would publish %s %s: %d files, %d bytes", name, version, len(objects), total)
         return LoadResult("dry run", model_dir / CURRENT, {})
     _check_space(model_dir, total)
@@ -97,7 +110,13 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
     try:
         staging.chmod(0o755)
-        entries = _download_all(source, objects, staging, settings)
+        entries, archive = _download_all(source, objects, staging, settings)
+        names = [e["name"] for e in entries]
+        if archive is not None:
+            _check_names(source.uri, names)
+            _check_required(source.uri, names, settings.require_files)
+        signature = _check_signature(source.uri, staging, entries, key)
+        pinned = _pinned_name(settings, source.uri, names)
         if pinned is not None and settings.model_sha256 is not None:
             got = next(e["sha256"] for e in entries if e["name"] == pinned)
             if got != settings.model_sha256.lower():
@@ -112,16 +131,18 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
             "source_uri": source.uri,
             "loaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "loader_version": __version__,
-            "total_bytes": total,
+            "total_bytes": sum(e["size"] for e in entries),
             "objects": entries,
         }
+        if archive is not None:
+            manifest["archive"] = archive
+        if signature is not None:
+            manifest["signature"] = signature
         _write_json(staging / MANIFEST, manifest)
         _fsync_dir(staging)
         target = _commit(model_dir, staging, name, version)
     except BaseException:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        source.close()  # no download may still write into staging
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
@@ -130,13 +151,50 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         "published %s %s (%d files, %d bytes) in %.2f s (%.1f MB/s) -> %s",
         name,
         version,
-        len(objects),
+        len(entries),
         total,
         elapsed := time.monotonic() - started,
         total / max(elapsed, 1e-9) / 1e6,
         model_dir / CURRENT,
     )
     return LoadResult("published", target, manifest)
+
+
+def _check_signature(
+    uri: str, staging: Path, entries: list[dict[str, Any]], key: VerifyKey | None
+) -> dict[str, Any] | None:
+    """Verify model.sig against the digests taken while receiving; the manifest's
+    provenance block, or None if the version is not verified (one log line says why)."""
+    digests = {e["name"]: e["sha256"] for e in entries}
+    if SIGNATURE_FILE not in digests:
+        if key is not None:
+            raise _unsigned(uri)
+        log.info(
+            "unsigned: %s has no %s; loaded without a signature check "
+            "(MODEL_VERIFY_KEY would require one)",
+            uri,
+            SIGNATURE_FILE,
+        )
+        return None
+    if key is None:
+        log.info(
+            "not verified: %s is signed (%s) but MODEL_VERIFY_KEY is not set", uri, SIGNATURE_FILE
+        )
+        return None
+    with _destination(staging / SIGNATURE_FILE):
+        signature = (staging / SIGNATURE_FILE).read_bytes()
+    provenance = verify(uri, signature, digests, key)
+    log.info(
+        "signature verified: %s, %d files, signed by %s", uri, provenance["files"], key.fingerprint
+    )
+    return provenance
+
+
+def _unsigned(uri: str) -> IntegrityError:
+    return IntegrityError(
+        f"signature check failed for {uri}: no {SIGNATURE_FILE} (unsigned), and "
+        "MODEL_VERIFY_KEY requires a signed model; nothing was published"
+    )
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any] | None:
@@ -162,23 +220,17 @@ def _prepare(model_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _check_names(uri: str, objects: list[RemoteObject]) -> None:
-    for obj in objects:
-        path = PurePosixPath(obj.name)
-        if (
-            not obj.name
-            or path.is_absolute()
-            or ".." in path.parts
-            or "\\" in obj.name
-            or "\x00" in obj.name
-        ):
-            raise IntegrityError(f"{uri}: object name {obj.name!r} would escape MODEL_DIR")
-        if obj.name == MANIFEST:
+def _check_names(uri: str, names: list[str]) -> None:
+    for name in names:
+        path = PurePosixPath(name)
+        if not name or path.is_absolute() or ".." in path.parts or "\\" in name or "\x00" in name:
+            raise IntegrityError(f"{uri}: object name {name!r} would escape MODEL_DIR")
+        if name == MANIFEST:
             raise IntegrityError(f"{uri}: object name {MANIFEST!r} is reserved for the loader")
 
 
-def _check_required(uri: str, objects: list[RemoteObject], required: tuple[str, ...]) -> None:
-    present = {o.name for o in objects}
+def _check_required(uri: str, names: list[str], required: tuple[str, ...]) -> None:
+    present = set(names)
     missing = [f for f in required if f not in present]
     if missing:
         raise ObjectNotFoundError(
@@ -207,9 +259,9 @@ def _same(
     ):
         return False
     try:
-        recorded = sorted(
-            RemoteObject(**_remote_fields(e)).fingerprint() for e in manifest["objects"]
-        )
+        # A version unpacked from an archive is the archive it came from.
+        listed = [manifest["archive"]] if "archive" in manifest else manifest["objects"]
+        recorded = sorted(RemoteObject(**_remote_fields(e)).fingerprint() for e in listed)
     except (KeyError, TypeError):
         return False
     return recorded == sorted(o.fingerprint() for o in objects)
@@ -229,101 +281,103 @@ def _check_space(model_dir: Path, needed: int) -> None:
         )
 
 
-def _pinned_name(settings: LoaderSettings, uri: str, objects: list[RemoteObject]) -> str | None:
+def _pinned_name(settings: LoaderSettings, uri: str, names: list[str]) -> str | None:
     if settings.model_sha256 is None:
         return None
-    names = {o.name for o in objects}
     if PINNED_FILE in names:
         return PINNED_FILE
-    if len(objects) == 1:
-        return objects[0].name
+    if len(names) == 1:
+        return names[0]
     raise ConfigError(
         f"MODEL_SHA256 pins {PINNED_FILE}, and {uri} has no {PINNED_FILE} "
         f"(found: {', '.join(sorted(names))})"
     )
 
 
-def _pin_holds(manifest: dict[str, Any], pinned: str | None, sha256: str | None) -> bool:
-    if pinned is None or sha256 is None:
+def _pin_holds(manifest: dict[str, Any], sha256: str | None) -> bool:
+    if sha256 is None:
         return True
     recorded = {e.get("name"): e.get("sha256") for e in manifest.get("objects", [])}
-    return recorded.get(pinned) == sha256.lower()
+    pinned = PINNED_FILE if PINNED_FILE in recorded else next(iter(recorded), None)
+    return len(recorded) >= 1 and recorded.get(pinned) == sha256.lower()
 
 
 def _download_all(
     source: Source, objects: list[RemoteObject], staging: Path, settings: LoaderSettings
-) -> list[dict[str, Any]]:
-    """Fetch every object, several at once; log progress at a steady cadence."""
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Hand every object to the source at once (it runs them on its one pool of
+    workers), log progress at a steady cadence, then make each file's manifest entry.
+    Returns the entries, and the archive's own record if the version was one."""
     progress = Progress(sum(o.size for o in objects))
-    pending = list(objects)
-    entries: dict[str, dict[str, Any]] = {}
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def work() -> None:
-        while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
-                obj = pending.pop(0)
-            try:
-                entry = _fetch(source, obj, staging, progress.add)
-            except BaseException as exc:
-                with lock:
-                    errors.append(exc)
-                stop.set()
-                return
-            with lock:
-                entries[obj.name] = entry
-
-    # Daemon threads: a failure or a signal in the main thread never waits for them.
-    threads = [
-        threading.Thread(target=work, name=f"object-{i}", daemon=True)
-        for i in range(min(settings.concurrency, len(objects)))
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        next_report = time.monotonic() + settings.progress_seconds
-        while not stop.is_set() and (alive := [t for t in threads if t.is_alive()]):
-            alive[0].join(timeout=0.2)  # interruptible: SIGALRM/SIGTERM raise here
-            if time.monotonic() >= next_report:
-                log.info("progress: %s", progress.line())
-                next_report += settings.progress_seconds
-    finally:
-        stop.set()
-    if errors:
-        raise errors[0]
+    futures: dict[Future[str | None], RemoteObject] = {}
+    for obj in objects:
+        dest = staging if obj.archive else staging / obj.name
+        log.info("downloading %s (%d bytes)", obj.uri, obj.size)
+        with _destination(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            futures[source.download(obj, dest, progress.add)] = obj
+    next_report = time.monotonic() + settings.progress_seconds
+    waiting = set(futures)
+    while waiting:
+        # Timed waits: SIGALRM/SIGTERM raise here, in the main thread.
+        finished, waiting = wait(waiting, timeout=0.2, return_when=FIRST_EXCEPTION)
+        for future in finished:
+            if (exc := future.exception()) is not None:
+                raise exc
+        if time.monotonic() >= next_report:
+            log.info("progress: %s", progress.line())
+            next_report += settings.progress_seconds
     log.info("downloaded %s", progress.line())
-    return [entries[o.name] for o in objects]
+
+    entries: list[dict[str, Any]] = []
+    archive = None
+    for future, obj in futures.items():
+        if not obj.archive:
+            entries.append(_entry(staging / obj.name, obj, future.result()))
+            continue
+        archive = {**_fields(obj), "sha256": future.result()}
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            name = path.relative_to(staging).as_posix()
+            member = RemoteObject(
+                name=name,
+                uri=f"{obj.uri}#{name}",
+                size=path.stat().st_size,
+                generation=obj.generation,
+            )
+            entries.append(_entry(path, member, None))
+    return entries, archive
 
 
-def _fetch(
-    source: Source, obj: RemoteObject, staging: Path, progress: Callable[[int], None]
-) -> dict[str, Any]:
-    dest = staging / obj.name
-    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    log.info("downloading %s (%d bytes)", obj.uri, obj.size)
-    try:
-        sha256 = source.download(obj, dest, progress)
-    except OSError as exc:
-        if exc.errno in DESTINATION_ERRNOS:
-            raise DestinationError(f"writing {dest}: {exc.strerror}") from exc
-        raise
-    try:
-        size = dest.stat().st_size
+def _entry(path: Path, obj: RemoteObject, sha256: str | None) -> dict[str, Any]:
+    """The manifest entry of a downloaded file, made durable and world-readable; its
+    sha256 from the download, or read back here if the source did not compute it."""
+    with _destination(path):
+        size = path.stat().st_size
         digest = hashlib.sha256() if sha256 is None else None
-        with open(dest, "rb") as fh:
+        with open(path, "rb") as fh:
             while digest is not None and (chunk := fh.read(_CHUNK)):
                 digest.update(chunk)
             os.fsync(fh.fileno())
-        dest.chmod(0o644)
-    except OSError as exc:
-        raise DestinationError(f"writing {dest}: {exc.strerror or exc}") from exc
+        path.chmod(0o644)
     if size != obj.size:
         raise IntegrityError(f"{obj.uri}: got {size} bytes, storage lists {obj.size}")
-    return {**asdict(obj), "sha256": sha256 if digest is None else digest.hexdigest()}
+    return {**_fields(obj), "sha256": sha256 if digest is None else digest.hexdigest()}
+
+
+def _fields(obj: RemoteObject) -> dict[str, Any]:
+    """What the manifest records of an object: everything but the archive flag."""
+    return {k: v for k, v in asdict(obj).items() if k != "archive"}
+
+
+@contextlib.contextmanager
+def _destination(path: Path) -> Iterator[None]:
+    """Write failures that are the volume's fault (full, read-only) as DestinationError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DESTINATION_ERRNOS:
+            raise DestinationError(f"writing {path}: {exc.strerror}") from exc
+        raise
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

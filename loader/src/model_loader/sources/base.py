@@ -1,8 +1,9 @@
-"""What every storage scheme provides: list the objects of a version, fetch one."""
+"""What every storage scheme provides: list the objects of a version, fetch them, close."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,10 +19,19 @@ class RemoteObject:
     generation: str | None = None  # changes whenever the object is rewritten
     md5: str | None = None  # base64, as GCS reports it
     crc32c: str | None = None  # base64, as GCS reports it
+    # An archive (.tar.gz, .zip) whose files are the version: unpacked by download().
+    archive: bool = False
 
     def fingerprint(self) -> tuple[str, int, str | None, str | None, str | None]:
         """What must match for a local copy to count as this object."""
         return (self.name, self.size, self.generation, self.md5, self.crc32c)
+
+
+def done(result: str | None) -> Future[str | None]:
+    """A download that finished before it was handed back (a local copy)."""
+    future: Future[str | None] = Future()
+    future.set_result(result)
+    return future
 
 
 class Source(Protocol):
@@ -29,6 +39,7 @@ class Source(Protocol):
 
     Implementations translate their library's exceptions into `model_loader.errors`
     and verify whatever transport checksums their storage offers while downloading.
+    Listing reads metadata only: nothing is downloaded before `download()`.
     """
 
     uri: str
@@ -39,11 +50,18 @@ class Source(Protocol):
 
     def download(
         self, obj: RemoteObject, dest: Path, progress: Callable[[int], None]
-    ) -> str | None:
-        """Write `obj` to `dest` (whose parent exists), verified; call `progress(n)` as
-        bytes arrive. Return its sha256 (hex) if computed on the way, else None.
+    ) -> Future[str | None]:
+        """Start writing `obj` to `dest` (whose parent exists); call `progress(n)` as
+        bytes arrive. The future gives the sha256 (hex) of the bytes received if it was
+        computed on the way, else None; it raises a LoaderError on failure.
 
-        Several objects may be downloaded at once, from different threads. A source
-        that holds connections or threads may also offer `close()`, called on failure.
+        Every object of a version is handed over at once: a source runs them on its one
+        pool of LOADER_CONCURRENCY workers. An archive (`obj.archive`) is unpacked into
+        `dest`, a directory, and the future gives the archive's own sha256 (or None).
         """
+        ...
+
+    def close(self) -> None:
+        """Stop downloads still running and release connections and threads. Called once
+        the load is over, successful or not; may be called more than once."""
         ...

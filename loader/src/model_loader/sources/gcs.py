@@ -2,10 +2,12 @@
 
 Credentials: Application Default Credentials (Workload Identity, a key file named by
 GOOGLE_APPLICATION_CREDENTIALS, gcloud's user login) unless LOADER_GCS_ANONYMOUS is
-set. Against an emulator (STORAGE_EMULATOR_HOST=http://host:port) the client itself
-switches to anonymous credentials. Listing goes through google-cloud-storage; object
-bytes through `model_loader.transfer` (concurrent ranges of the listed generation, on
-the client's authorised session), verified against the crc32c (or md5) GCS lists.
+set; against an emulator (STORAGE_EMULATOR_HOST=http://host:port) anonymous ones, as
+google-cloud-storage itself would choose. The source makes the credentials and hands
+them to the client, so listing (google-cloud-storage) and object bytes
+(`model_loader.transfer`: concurrent ranges of the listed generation, from the client's
+`api_endpoint`, each request authorised by the same credentials) share one identity.
+Bytes are verified against the crc32c (or md5) GCS lists.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, MutableMapping
+from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import quote
 
+import google.auth
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.transport.requests import Request
 from google.cloud import storage
 
 from model_loader.config import LoaderSettings
@@ -33,11 +40,15 @@ from model_loader.errors import (
     SourceUnavailableError,
 )
 from model_loader.sources.base import RemoteObject
-from model_loader.transfer import MIB, Downloader, Job, Progress, TransferSettings
+from model_loader.transfer import (
+    CONNECT_TIMEOUT_SECONDS,
+    Downloader,
+    Job,
+    Progress,
+    transfer_settings,
+)
 
 log = logging.getLogger(__name__)
-
-CONNECT_TIMEOUT_SECONDS = 10.0
 
 # Worth another try: the storage is not (yet) reachable, or said "try later".
 _transient = if_exception_type(
@@ -88,10 +99,15 @@ class GcsSource:
             on_error=self._log_retry,
         )
         self._blobs: dict[str, storage.Blob] = {}
+        self._credentials: Credentials | None = None
+        self._auth_lock = threading.Lock()
+        self._auth_request: Request | None = None
         self._downloader: Downloader | None = None
 
     @property
     def endpoint(self) -> str:
+        if self._client is not None:
+            return str(self._client.api_endpoint)
         return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
 
     def _what(self, exc: BaseException) -> str:
@@ -106,30 +122,43 @@ class GcsSource:
     @property
     def client(self) -> storage.Client:
         if self._client is None:
-            try:
-                if self._settings.gcs_anonymous:
-                    self._client = storage.Client.create_anonymous_client()
-                else:
-                    self._client = storage.Client(project=self._settings.gcs_project)
-            except auth_exceptions.DefaultCredentialsError as exc:
-                key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-                if key_file:  # the library's reason names the file: missing, not a key
-                    raise PermissionDeniedError(
-                        f"GOOGLE_APPLICATION_CREDENTIALS={key_file}: {_brief(exc)}"
-                    ) from exc
-                raise PermissionDeniedError(
-                    f"no Google credentials found: {CREDENTIALS_HINT}"
-                ) from exc
-            except OSError as exc:  # google-auth opens the key file unguarded
-                if exc.filename is None:
-                    raise
-                raise PermissionDeniedError(
-                    f"cannot read GOOGLE_APPLICATION_CREDENTIALS="
-                    f"{os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')} ({_brief(exc)}) as "
-                    f"uid {os.getuid()}, groups {','.join(map(str, os.getgroups()))}: make the "
-                    "key file readable by that uid or one of those groups"
-                ) from exc
+            self._credentials = self._make_credentials()
+            self._client = storage.Client(
+                project=self._settings.gcs_project, credentials=self._credentials
+            )
         return self._client
+
+    def _make_credentials(self) -> Credentials:
+        if self._settings.gcs_anonymous or os.environ.get("STORAGE_EMULATOR_HOST"):
+            return AnonymousCredentials()
+        try:
+            credentials, _ = google.auth.default(scopes=storage.Client.SCOPE)
+        except auth_exceptions.DefaultCredentialsError as exc:
+            key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+            if key_file:  # the library's reason names the file: missing, not a key
+                raise PermissionDeniedError(
+                    f"GOOGLE_APPLICATION_CREDENTIALS={key_file}: {_brief(exc)}"
+                ) from exc
+            raise PermissionDeniedError(f"no Google credentials found: {CREDENTIALS_HINT}") from exc
+        except OSError as exc:  # google-auth opens the key file unguarded
+            if exc.filename is None:
+                raise
+            raise PermissionDeniedError(
+                f"cannot read GOOGLE_APPLICATION_CREDENTIALS="
+                f"{os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')} ({_brief(exc)}) as "
+                f"uid {os.getuid()}, groups {','.join(map(str, os.getgroups()))}: make the "
+                "key file readable by that uid or one of those groups"
+            ) from exc
+        return credentials  # type: ignore[no-any-return]
+
+    def _authorize(self, url: str, headers: MutableMapping[str, str]) -> None:
+        """Add the credentials' Authorization header, refreshing an expired token once
+        for all the download workers."""
+        with self._auth_lock, self._translated(url):
+            if self._auth_request is None:
+                self._auth_request = Request(requests.Session())
+            assert self._credentials is not None, "list_objects() first"
+            self._credentials.before_request(self._auth_request, "GET", url, headers)
 
     def list_objects(self) -> list[RemoteObject]:
         # A prefix ends with '/'; without one, the URI may name a single object.
@@ -164,40 +193,29 @@ class GcsSource:
             for name, b in self._blobs.items()
         ]
 
-    def download(self, obj: RemoteObject, dest: Path, progress: Progress) -> str:
+    def download(self, obj: RemoteObject, dest: Path, progress: Progress) -> Future[str | None]:
         blob = self._blobs[obj.name]
-        base = self.client._connection.API_BASE_URL.rstrip("/")
-        url = f"{base}/download/storage/v1/b/{quote(self.bucket_name, safe='')}/o/" + quote(
-            blob.name, safe=""
+        url = (
+            f"{self.client.api_endpoint.rstrip('/')}/download/storage/v1/b/"
+            f"{quote(self.bucket_name, safe='')}/o/{quote(blob.name, safe='')}?alt=media"
         )
         # Pin the listed generation: an object rewritten mid-download is a 404, never a mix.
         if obj.generation is not None:
-            url += f"?alt=media&generation={obj.generation}"
-        else:
-            url += "?alt=media"
+            url += f"&generation={obj.generation}"
         job = Job(url=url, dest=dest, size=obj.size, label=obj.uri, crc32c=obj.crc32c, md5=obj.md5)
-        with self._translated(obj.uri):
-            return self.downloader.fetch(job, progress)
+        return self.downloader.submit(job, progress)  # type: ignore[return-value]
 
     @property
     def downloader(self) -> Downloader:
         if self._downloader is None:
-            settings = self._settings
-            self._downloader = Downloader(
-                self.client._http,
-                TransferSettings(
-                    workers=settings.concurrency,
-                    slice_bytes=settings.slice_mib * MIB,
-                    attempts=settings.retries,
-                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                    stall_seconds=settings.request_timeout_seconds,
-                ),
-            )
+            self._downloader = Downloader(transfer_settings(self._settings), self._authorize)
         return self._downloader
 
     def close(self) -> None:
         if self._downloader is not None:
-            self._downloader.cancel()
+            self._downloader.close()
+        if self._client is not None:
+            self._client.close()
 
     @contextlib.contextmanager
     def _translated(self, uri: str) -> Iterator[None]:

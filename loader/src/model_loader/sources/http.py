@@ -1,28 +1,29 @@
 """https://host/path/file — one file, or a .tar.gz / .tgz / .zip archive that is unpacked.
 
-A single file is one object named after the URL's last segment, fetched with the same
-ranged downloader as gs:// when the server accepts ranges (one stream when it does
-not). HTTP offers no checksum to verify: pin the bytes with MODEL_SHA256.
+Listing is one HEAD request (size, ETag or Last-Modified, range support, the URL after
+redirects): the URL is one object named after its last segment, an archive included.
+Its bytes are fetched with the same ranged downloader as gs:// when the server accepts
+ranges (one stream when it does not). HTTP offers no checksum to verify: pin the bytes
+with MODEL_SHA256, or sign the model.
 
-An archive is downloaded and unpacked into a temporary directory beside the staging
-area (same filesystem) to be listed; its files then move into staging. Unpacking is
-safe: absolute names, `..`, links pointing outside, devices are refused (tarfile's
-"data" filter; the same rules checked by hand for zip), and the unpacked size is
-checked against the free space first. The archive's ETag (or Last-Modified) is every
-file's generation, so an unchanged archive is not published twice — though it is
-fetched again to be listed.
+An archive is downloaded by `download()` into a temporary directory in MODEL_DIR (same
+filesystem) and unpacked into the staging directory. Unpacking is safe: absolute names,
+`..`, links pointing outside, devices are refused (tarfile's "data" filter; the same
+rules checked by hand for zip), and the unpacked size is checked against the free space
+first. The archive's ETag (or Last-Modified) is its generation: an unchanged archive is
+neither downloaded nor published twice.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import tarfile
 import tempfile
 import time
 import zipfile
+from concurrent.futures import Future
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -38,13 +39,19 @@ from model_loader.errors import (
     PermissionDeniedError,
     SourceUnavailableError,
 )
-from model_loader.sources.base import RemoteObject
-from model_loader.transfer import MIB, Downloader, Job, Progress, TransferSettings
+from model_loader.sources.base import RemoteObject, done
+from model_loader.transfer import (
+    CONNECT_TIMEOUT_SECONDS,
+    MIB,
+    Downloader,
+    Job,
+    Progress,
+    transfer_settings,
+)
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
-CONNECT_TIMEOUT_SECONDS = 10.0
 # Same prefix as publish.py's staging directories: a killed run's leftovers are removed.
 _TEMP_PREFIX = ".staging-archive-"
 
@@ -65,57 +72,51 @@ class HttpSource:
         self.archive = name.lower().endswith(ARCHIVE_SUFFIXES)
         self._settings = settings
         self._session = session or requests.Session()
-        self._unpacked: Path | None = None
-        self._temp: Path | None = None
+        self._url = uri  # where the bytes are: the URI after redirects (listing)
         self._downloader: Downloader | None = None
-        self._generation: str | None = None
 
     # --- Source ------------------------------------------------------------------
     def list_objects(self) -> list[RemoteObject]:
         size, generation, ranges = self._head()
-        self._generation = generation
-        self._downloader = self._make_downloader(size if not ranges else None)
-        if not self.archive:
-            return [RemoteObject(name=self.name, uri=self.uri, size=size, generation=generation)]
-        return self._fetch_and_unpack(size)
-
-    def download(self, obj: RemoteObject, dest: Path, progress: Progress) -> str | None:
-        if self._unpacked is not None:
-            try:
-                os.replace(self._unpacked / obj.name, dest)
-            except OSError as exc:
-                raise DestinationError(f"moving {obj.name} into staging: {exc}") from exc
-            progress(obj.size)
-            return None  # hashed by the loader after the move
-        assert self._downloader is not None, "list_objects() first"
-        return self._downloader.fetch(
-            Job(url=self.uri, dest=dest, size=obj.size, label=obj.uri), progress
+        # Without range support, one stream for the whole file.
+        self._downloader = Downloader(
+            transfer_settings(self._settings, None if ranges else max(size, 1))
         )
+        return [
+            RemoteObject(
+                name=self.name,
+                uri=self.uri,
+                size=size,
+                generation=generation,
+                archive=self.archive,
+            )
+        ]
+
+    def download(self, obj: RemoteObject, dest: Path, progress: Progress) -> Future[str | None]:
+        assert self._downloader is not None, "list_objects() first"
+        if not obj.archive:
+            job = Job(url=self._url, dest=dest, size=obj.size, label=obj.uri)
+            return self._downloader.submit(job, progress)  # type: ignore[return-value]
+        model_dir = Path(self._settings.model_dir)
+        try:
+            temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=model_dir))
+        except OSError as exc:
+            raise DestinationError(f"MODEL_DIR {model_dir}: {exc.strerror}") from exc
+        try:
+            archive = temp / self.name
+            job = Job(url=self._url, dest=archive, size=obj.size, label=obj.uri)
+            sha256 = self._downloader.fetch(job, progress)
+            _unpack(self.uri, archive, dest, shutil.disk_usage(model_dir).free)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        return done(sha256)
 
     def close(self) -> None:
         if self._downloader is not None:
-            self._downloader.cancel()
-        if self._temp is not None:
-            shutil.rmtree(self._temp, ignore_errors=True)
-            self._temp = None
+            self._downloader.close()
+        self._session.close()
 
     # --- helpers -----------------------------------------------------------------
-    def _make_downloader(self, single_slice_size: int | None) -> Downloader:
-        settings = self._settings
-        slice_bytes = settings.slice_mib * MIB
-        if single_slice_size is not None:  # no ranges: one stream for the whole file
-            slice_bytes = max(single_slice_size, 1)
-        return Downloader(
-            self._session,
-            TransferSettings(
-                workers=settings.concurrency,
-                slice_bytes=slice_bytes,
-                attempts=settings.retries,
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                stall_seconds=settings.request_timeout_seconds,
-            ),
-        )
-
     def _head(self) -> tuple[int, str | None, bool]:
         """Size, a generation (ETag or Last-Modified), and whether ranges are accepted."""
         deadline = time.monotonic() + self._settings.wait_seconds
@@ -150,46 +151,24 @@ class HttpSource:
         length = response.headers.get("Content-Length")
         if length is None or not length.isdigit():
             raise LoaderError(f"{self.uri}: the server does not report the size (Content-Length)")
+        self._url = response.url  # the ranged GETs skip the redirects
         generation = response.headers.get("ETag") or response.headers.get("Last-Modified")
         ranges = response.headers.get("Accept-Ranges", "").lower() == "bytes"
         return int(length), generation, ranges
 
-    def _fetch_and_unpack(self, size: int) -> list[RemoteObject]:
-        model_dir = Path(self._settings.model_dir)
-        try:
-            self._temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=model_dir))
-        except OSError as exc:
-            raise DestinationError(f"MODEL_DIR {model_dir}: {exc.strerror}") from exc
-        archive = self._temp / self.name
-        log.info("downloading archive %s (%d bytes) to list it", self.uri, size)
-        assert self._downloader is not None
-        self._downloader.fetch(Job(url=self.uri, dest=archive, size=size, label=self.uri))
-        unpacked = self._temp / "files"
-        unpacked.mkdir()
-        free = shutil.disk_usage(model_dir).free
-        try:
-            if self.name.lower().endswith(".zip"):
-                _unzip(self.uri, archive, unpacked, free)
-            else:
-                _untar(self.uri, archive, unpacked, free)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.errno is not None:
-                raise DestinationError(f"unpacking {self.uri}: {exc.strerror}") from exc
-            raise IntegrityError(f"{self.uri}: not a valid archive ({exc})") from exc
-        archive.unlink()
-        self._unpacked = unpacked
-        files = sorted(p for p in unpacked.rglob("*") if p.is_file())
-        if not files:
-            raise ObjectNotFoundError(f"{self.uri}: the archive holds no files")
-        return [
-            RemoteObject(
-                name=(name := p.relative_to(unpacked).as_posix()),
-                uri=f"{self.uri}#{name}",
-                size=p.stat().st_size,
-                generation=self._generation,
-            )
-            for p in files
-        ]
+
+def _unpack(uri: str, archive: Path, into: Path, free: int) -> None:
+    try:
+        if archive.name.lower().endswith(".zip"):
+            _unzip(uri, archive, into, free)
+        else:
+            _untar(uri, archive, into, free)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise DestinationError(f"unpacking {uri}: {exc.strerror}") from exc
+        raise IntegrityError(f"{uri}: not a valid archive ({exc})") from exc
+    if not any(p.is_file() for p in into.rglob("*")):
+        raise ObjectNotFoundError(f"{uri}: the archive holds no files")
 
 
 def _untar(uri: str, archive: Path, into: Path, free: int) -> None:
