@@ -4,6 +4,7 @@ version tampered with in the bucket after signing makes `up` fail with the loade
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from unittest import mock
@@ -33,6 +34,15 @@ def test_verification_on_serves_the_signed_version_and_refuses_a_tampered_one(
     assert (ready["model_name"], ready["model_version"]) == ("iris_signed", "v1")
     logs = stack.compose("logs", "loader").stdout
     assert "signature verified: gs://ml-models/iris_signed/v1/, 3 files" in logs
+    # The API reports who signed what it serves: /metadata, V2 metadata, the metric.
+    signature = httpx.get(f"{stack.api}/metadata").json()["signature"]
+    signer = signature["signer"]
+    assert signer == "sha256:" + hashlib.sha256(public.read_bytes()).hexdigest()
+    assert signature["digest"].startswith("sha256:")
+    parameters = httpx.get(f"{stack.api}/v2/models/iris_signed").json()["parameters"]
+    assert parameters["signer"] == signer
+    assert parameters["signature_digest"] == signature["digest"]
+    assert f'signer="{signer}"' in httpx.get(f"{stack.api}/metrics").text
 
     # One byte of v2's model.onnx changes in the bucket, after it was signed.
     with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": stack.gcs}):

@@ -200,8 +200,9 @@ class DataPlane:
         parameters: dict[str, Any] = {"sha256": model.sha256}
         if model.manifest.get("source_uri"):
             parameters["source_uri"] = model.manifest["source_uri"]
-        if model.signer is not None:
+        if model.signature is not None:
             parameters["signer"] = model.signer
+            parameters["signature_digest"] = str(model.signature.get("digest"))
         return {
             "name": model.name,
             "versions": [model.version],

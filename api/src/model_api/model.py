@@ -104,10 +104,17 @@ class OnnxModel:
         return self.identity.version
 
     @property
-    def signer(self) -> str | None:
-        """Who signed the model, if the loader verified a signature (its manifest)."""
+    def signature(self) -> dict[str, Any] | None:
+        """The signature the loader verified before publishing (its manifest's record:
+        signer, digest of the signature file, format...), or None if it verified none."""
         signature = self.manifest.get("signature")
-        return str(signature.get("signer")) if isinstance(signature, dict) else None
+        return signature if isinstance(signature, dict) else None
+
+    @property
+    def signer(self) -> str | None:
+        """Who signed the model: the key's fingerprint (or certificate subject)."""
+        signature = self.signature
+        return None if signature is None else str(signature.get("signer"))
 
     @classmethod
     def load(

@@ -188,7 +188,6 @@ async def label(request: Request) -> dict[str, str]:
 async def metadata(request: Request) -> MetadataResponse:
     model: OnnxModel = request.app.state.dataplane.loaded()
     manifest = model.manifest
-    signature = manifest.get("signature")
     return MetadataResponse(
         model_name=model.name,
         model_version=model.version,
@@ -196,7 +195,7 @@ async def metadata(request: Request) -> MetadataResponse:
         source_uri=manifest.get("source_uri"),
         loaded_at=manifest.get("loaded_at"),
         objects=manifest.get("objects", []),
-        signature=signature if isinstance(signature, dict) else None,
+        signature=model.signature,
         inputs=[t.metadata() for t in model.signature.inputs],
         outputs=[t.metadata() for t in model.signature.outputs],
         labels=model.labels,
