@@ -200,9 +200,10 @@ class DataPlane:
         parameters: dict[str, Any] = {"sha256": model.sha256}
         if model.manifest.get("source_uri"):
             parameters["source_uri"] = model.manifest["source_uri"]
-        if model.signature is not None:
+        signature = model.verified_signature
+        if signature is not None:
             parameters["signer"] = model.signer
-            parameters["signature_digest"] = str(model.signature.get("digest"))
+            parameters["signature_digest"] = str(signature.get("digest"))
         return {
             "name": model.name,
             "versions": [model.version],

@@ -104,7 +104,7 @@ class OnnxModel:
         return self.identity.version
 
     @property
-    def signature(self) -> dict[str, Any] | None:
+    def verified_signature(self) -> dict[str, Any] | None:
         """The signature the loader verified before publishing (its manifest's record:
         signer, digest of the signature file, format...), or None if it verified none."""
         signature = self.manifest.get("signature")
@@ -113,7 +113,7 @@ class OnnxModel:
     @property
     def signer(self) -> str | None:
         """Who signed the model: the key's fingerprint (or certificate subject)."""
-        signature = self.signature
+        signature = self.verified_signature
         return None if signature is None else str(signature.get("signer"))
 
     @classmethod

@@ -195,7 +195,7 @@ async def metadata(request: Request) -> MetadataResponse:
         source_uri=manifest.get("source_uri"),
         loaded_at=manifest.get("loaded_at"),
         objects=manifest.get("objects", []),
-        signature=model.signature,
+        signature=model.verified_signature,
         inputs=[t.metadata() for t in model.signature.inputs],
         outputs=[t.metadata() for t in model.signature.outputs],
         labels=model.labels,
