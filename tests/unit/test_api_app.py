@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -248,3 +249,22 @@ def test_hot_routes_answer_through_fastapi_too(client: TestClient) -> None:
     assert test_label.json() == client.get("/predict/test/label").json()
     assert v2.status_code == 200
     assert {o["name"]: o["data"] for o in v2.json()["outputs"]}["label"] == [0]
+
+
+def test_the_verified_signature_is_reported_everywhere(tmp_path: Path) -> None:
+    shutil.copytree(MODEL_V1, tmp_path / "iris_svc" / "v1")
+    signature = {"signer": "sha256:ab12", "digest": "sha256:cd34", "format": "test"}
+    (tmp_path / "iris_svc" / "v1" / "manifest.json").write_text(
+        f'{{"model_name": "iris_svc", "model_version": "v1", "signature": {json.dumps(signature)}}}'
+    )
+    app = create_app(make_settings(), OnnxModel.load(tmp_path / "iris_svc" / "v1"))
+    with TestClient(app) as c:
+        assert c.get("/metadata").json()["signature"] == signature
+        parameters = c.get("/v2/models/iris_svc").json()["parameters"]
+        assert parameters["signer"] == "sha256:ab12"
+        assert parameters["signature_digest"] == "sha256:cd34"
+        assert 'signer="sha256:ab12"' in c.get("/metrics").text
+    unsigned = create_app(make_settings(), OnnxModel.load(MODEL_V1))
+    with TestClient(unsigned) as c:
+        assert c.get("/metadata").json()["signature"] is None
+        assert "signer" not in c.get("/v2/models/iris_svc").json()["parameters"]
