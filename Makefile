@@ -36,9 +36,16 @@ ps: ## the stack's containers, the finished loader included
 	$(COMPOSE) ps -a
 
 # --- models -------------------------------------------------------------------
-.PHONY: model publish
-model: venv ## re-train and re-export models/iris_svc/v1 (reproducible)
+.PHONY: models bench-models publish
+models: venv ## rebuild the committed models: iris_svc and the zoo (models/README.md), byte for byte
 	uv run --frozen python models/train.py
+	uv run --frozen python models/zoo.py
+
+# Too big for the repository and the emulator image: written outside models/, published by hand
+# (make publish SRC=build/models/mlp_bench/v1 URI=gs://ml-models/mlp_bench/v1/).
+BENCH_MODELS_DIR ?= build/models
+bench-models: venv ## build mlp_bench (~36 MB) and large_mlp (256 MiB) into build/models/
+	uv run --frozen python models/zoo.py --out $(BENCH_MODELS_DIR) mlp_bench large_mlp
 
 # make publish SRC=models/iris_svc/v2 URI=gs://ml-models/iris_svc/v2/
 publish: venv ## upload a version directory to the running stack's bucket
