@@ -434,6 +434,7 @@ def write(name: str, out: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a non-root emulator or loader out
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

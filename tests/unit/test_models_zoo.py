@@ -56,6 +56,8 @@ def test_rebuilding_gives_the_committed_bytes(
     rebuilt: dict[str, Path], name: str, seed: str
 ) -> None:
     assert model_path(name, rebuilt[seed]).read_bytes() == model_path(name).read_bytes()
+    # Readable by all: the emulator image and a non-root loader copy it as it is.
+    assert model_path(name, rebuilt[seed]).stat().st_mode & 0o444 == 0o444
 
 
 def test_the_script_builds_exactly_the_committed_zoo_by_default(rebuilt: dict[str, Path]) -> None:
