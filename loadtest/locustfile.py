@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from locust import FastHttpUser, events, task
 from locust.contrib.fasthttp import ResponseContextManager
@@ -122,7 +123,7 @@ class Traffic:
 
     @property
     def v2_path(self) -> str:
-        return f"/v2/models/{self.model}/infer"
+        return f"/v2/models/{quote(self.model, safe='')}/infer"
 
 
 def seed_traffic(traffic: Traffic, rows: list[list[float]], rng: random.Random) -> None:
@@ -351,7 +352,7 @@ def discover(host: str, model: str) -> tuple[str, Any, Any]:
                 break
         else:
             model = DEFAULT_MODEL
-    return model, fetch_json(f"{base}/v2/models/{model}"), metadata
+    return model, fetch_json(f"{base}/v2/models/{quote(model, safe='')}"), metadata
 
 
 _ALL_TASKS = list(ModelUser.tasks)
