@@ -53,7 +53,7 @@ publish: venv ## upload a version directory to the running stack's bucket
 	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI)
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup bench-api bench-api-instructions bench-loader
+.PHONY: bench-startup bench-api bench-api-instructions bench-loader bench-onnx
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
@@ -120,6 +120,11 @@ bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (n
 
 bench-api-instructions: venv ## instructions per request, (a) vs /predict, under callgrind (needs wrk, valgrind)
 	uv run --frozen python loadtest/bench_api.py --instructions
+
+# make bench-models first; BENCH_MODEL= any model.onnx with one FP32 [N, features] input
+BENCH_MODEL ?= $(BENCH_MODELS_DIR)/mlp_bench/v1/model.onnx
+bench-onnx: venv ## the plain onnxruntime loop on BENCH_MODEL: ms/run, rows/s at batch 1, 16 -> loadtest/results/onnx_loop.md
+	uv run --frozen python loadtest/bench_onnx.py $(BENCH_MODEL) --out loadtest/results/onnx_loop.md
 
 bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> loadtest/results/loader.md
 	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md
