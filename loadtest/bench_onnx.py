@@ -49,10 +49,14 @@ def session_for(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def feeds_for(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
-    (arg,) = session.get_inputs()
+    inputs = session.get_inputs()
+    arg = inputs[0]
+    if len(inputs) != 1 or arg.type != "tensor(float)" or len(arg.shape) != 2:
+        got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise SystemExit(f"bench_onnx: needs one FP32 input [N, features], got {got}")
     features = arg.shape[1]
-    if arg.type != "tensor(float)" or len(arg.shape) != 2 or not isinstance(features, int):
-        raise SystemExit(f"bench_onnx: needs one FP32 input [N, features], got {arg.shape}")
+    if not isinstance(features, int):
+        raise SystemExit(f"bench_onnx: the feature dimension must be fixed, got {arg.shape}")
     rows = np.random.RandomState(0).random_sample((batch, features)).astype(np.float32)
     return {arg.name: rows}
 
