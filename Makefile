@@ -36,9 +36,16 @@ ps: ## the stack's containers, the finished loader included
 	$(COMPOSE) ps -a
 
 # --- models -------------------------------------------------------------------
-.PHONY: model publish keys
-model: venv ## re-train and re-export models/iris_svc/v1 (reproducible)
+.PHONY: models bench-models publish keys
+models: venv ## rebuild the committed models: iris_svc and the zoo (models/README.md), byte for byte
 	uv run --frozen python models/train.py
+	uv run --frozen python models/zoo.py
+
+# Too big for the repository and the emulator image: written outside models/, published by hand
+# (make publish SRC=build/models/mlp_bench/v1 URI=gs://ml-models/mlp_bench/v1/).
+BENCH_MODELS_DIR ?= build/models
+bench-models: venv ## build mlp_bench (~36 MB) and large_mlp (256 MiB) into build/models/
+	uv run --frozen python models/zoo.py --out $(BENCH_MODELS_DIR) mlp_bench large_mlp
 
 # make publish SRC=models/iris_svc/v2 URI=gs://ml-models/iris_svc/v2/ [SIGN_KEY=keys/model-signing.key]
 publish: venv ## upload a version directory to the running stack's bucket (signed with SIGN_KEY)
@@ -56,7 +63,7 @@ keys: ## an ECDSA P-256 key pair for signing models: $(KEYS_DIR)/model-signing.{
 	@echo "verify: MODEL_VERIFY_KEY=$(KEYS_DIR)/model-signing.pub docker compose up -d --wait"
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup bench-api bench-api-instructions bench-loader
+.PHONY: bench-startup bench-api bench-api-instructions bench-loader bench-onnx
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
@@ -123,6 +130,11 @@ bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (n
 
 bench-api-instructions: venv ## instructions per request, (a) vs /predict, under callgrind (needs wrk, valgrind)
 	uv run --frozen python loadtest/bench_api.py --instructions
+
+# make bench-models first; BENCH_MODEL= any model.onnx with one FP32 [N, features] input
+BENCH_MODEL ?= $(BENCH_MODELS_DIR)/mlp_bench/v1/model.onnx
+bench-onnx: venv ## the plain onnxruntime loop on BENCH_MODEL: ms/run, rows/s at batch 1, 16 -> loadtest/results/onnx_loop.md
+	uv run --frozen python loadtest/bench_onnx.py $(BENCH_MODEL) --out loadtest/results/onnx_loop.md
 
 bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> loadtest/results/loader.md
 	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md

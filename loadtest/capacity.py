@@ -26,7 +26,7 @@ from typing import Any
 
 from locust import LoadTestShape, events
 from locust.env import Environment
-from locustfile import IrisUser  # noqa: F401  (the user class this shape drives)
+from locustfile import ModelUser  # noqa: F401  (the user class this shape drives)
 
 log = logging.getLogger("loadtest.capacity")
 

@@ -1,33 +1,44 @@
-"""Realistic traffic for one Model-Load API, every answer checked.
+"""Realistic traffic for one Model-Load API, whatever model it serves; every answer checked.
 
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8000      # or: make loadtest
 
+At test start the user finds out what is served and builds its requests from that alone:
+the model's name (--model, else GET /ready, else GET /metadata), its signature (GET
+/v2/models/<name>: inputs and outputs with name, datatype, shape) and its labels (GET
+/metadata). v2_requests.py turns the signature into valid V2 bodies.
+
 Task weights (a user's next request is drawn with these odds, out of 100):
 
-    predict_one    50  POST /predict, one iris row (the 150 rows of iris.csv in rotation)
-    predict_label  20  POST /predict/label, one iris row
-    predict_batch  15  POST /predict, a batch of 2-32 iris rows
-    v2_infer       10  POST /v2/models/<model>/infer, 1-32 rows (FP32 [n, 4]); only when
-                       GET /v2/models/<model> answers 200 at test start, otherwise its share
-                       goes to the others in proportion
+    predict_one    50  POST /predict, one row          } only for a classifier-shaped model (one
+    predict_label  20  POST /predict/label, one row    } numeric input [N, features], an output
+    predict_batch  15  POST /predict, 2-32 rows        } [N, classes], labels), e.g. iris; rows
+                                                         from iris.csv for 4 features, else drawn
+    v2_infer       10  POST /v2/models/<model>/infer: every input, --rows rows where the batch
+                       dimension is dynamic, --dim for other dynamic dimensions, values by datatype
     health          3  GET /health
-    metadata        2  GET /metadata
+    metadata        2  GET /metadata (when it answered 200 at start)
+
+A task that does not apply gives its share to the others in proportion. An API that
+answers no V2 model metadata gets the seed's iris traffic (/predict, /predict/label).
 
 Between two requests a user waits a uniform 0.5x-1.5x of --think-time (default 0.1 s), so
 offered load grows with the user count (closed loop).
 
-Every response is checked (response_checks.py): status, shape, probabilities summing to 1,
-labels of the set, one result per row. A wrong answer is a failure. At the end of a
-headless run, thresholds.py decides the exit code: any failure, p99 above --p99-ms or
-throughput below --min-rps makes it 1.
+Every response is checked (response_checks.py): status, and for V2 every declared output
+with its datatype, shape and value count; for classifier-shaped models also probabilities
+summing to 1, labels of the set, one result per row. A wrong answer is a failure. At the
+end of a headless run, thresholds.py decides the exit code: any failure, p99 above
+--p99-ms or throughput below --min-rps makes it 1.
 
 Options this file adds (each also an environment variable):
     --think-time S   LOCUST_THINK_TIME   mean wait between a user's requests (0.1)
     --p99-ms MS      LOCUST_P99_MS       p99 bound over all requests; 0: off (0)
     --min-rps R      LOCUST_MIN_RPS      throughput floor; 0: off (0)
-    --model NAME     LOCUST_MODEL        model name in the V2 paths (iris_svc)
+    --model NAME     LOCUST_MODEL        model name in the V2 paths (default: discovered)
+    --rows N         LOCUST_ROWS         rows per V2 request where the batch is dynamic (1)
+    --dim N          LOCUST_DIM          size of the other dynamic dimensions (8)
 
-Needs only locust (no numpy, no scikit-learn): the rows come from iris.csv next to this file.
+Needs only locust (no numpy, no scikit-learn): the iris rows come from iris.csv next to this file.
 """
 
 from __future__ import annotations
@@ -40,9 +51,10 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from locust import FastHttpUser, events, task
 from locust.contrib.fasthttp import ResponseContextManager
@@ -55,14 +67,26 @@ from response_checks import (
     check_probabilities,
     check_status,
     check_v2_infer,
+    check_v2_outputs,
 )
 from thresholds import RunFigures, breaches
+from v2_requests import (
+    BadMetadata,
+    Signature,
+    concrete_shape,
+    infer_request,
+    parse_metadata,
+    seed_features,
+    tensor_data,
+)
 
 log = logging.getLogger("loadtest")
 
 IRIS_CSV = Path(__file__).with_name("iris.csv")
+DEFAULT_MODEL = "iris_svc"  # when nothing names the served model (an API without /ready)
 BATCH_SIZES = (2, 32)
-POOL = 64  # pre-built batches of each kind
+POOL = 64  # pre-built requests of each kind
+SEED_ROWS = 150  # rows drawn for a classifier whose features are not iris's
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -85,19 +109,79 @@ def seed_payload(rows: list[list[float]]) -> Payload:
     return Payload(json.dumps({"data": rows}).encode(), len(rows))
 
 
-def v2_payload(rows: list[list[float]]) -> Payload:
-    flat = [v for row in rows for v in row]
-    tensor = {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": flat}
-    return Payload(json.dumps({"inputs": [tensor]}).encode(), len(rows))
+@dataclass
+class Traffic:
+    """What a run sends, decided once at test start from what the API serves."""
+
+    model: str = DEFAULT_MODEL
+    labels: list[str] | None = None  # None: unknown, not checked
+    single: list[Payload] = field(default_factory=list)  # empty: no seed tasks
+    batch: list[Payload] = field(default_factory=list)
+    v2: list[Payload] = field(default_factory=list)  # empty: no V2 task
+    signature: Signature | None = None
+    metadata: bool = True  # GET /metadata answered at start
+
+    @property
+    def v2_path(self) -> str:
+        return f"/v2/models/{quote(self.model, safe='')}/infer"
 
 
-# Payloads are built once, at import; tasks only pick one.
-ROWS, LABELS = read_iris()
-_rng = random.Random(6)
-_batches = [_rng.sample(ROWS, _rng.randint(*BATCH_SIZES)) for _ in range(POOL)]
-SINGLE = [seed_payload([row]) for row in ROWS]
-BATCH = [seed_payload(rows) for rows in _batches]
-V2 = [v2_payload([row]) for row in ROWS[::10]] + [v2_payload(rows) for rows in _batches]
+def seed_traffic(traffic: Traffic, rows: list[list[float]], rng: random.Random) -> None:
+    traffic.single = [seed_payload([row]) for row in rows]
+    traffic.batch = [seed_payload(rng.sample(rows, rng.randint(*BATCH_SIZES))) for _ in range(POOL)]
+
+
+def v2_traffic(
+    traffic: Traffic, signature: Signature, rows: int, dim: int, rng: random.Random
+) -> None:
+    traffic.signature = signature
+    # The rows a request carries: `rows` for a dynamic batch dimension, else the fixed size.
+    sent = (concrete_shape(signature.inputs[0], rows, dim) or [1])[0]
+    traffic.v2 = [
+        Payload(json.dumps(infer_request(signature.inputs, rows, dim, rng)).encode(), sent)
+        for _ in range(POOL)
+    ]
+
+
+def plan_traffic(
+    model: str,
+    v2_metadata: Any,
+    metadata: Any,
+    rows: int = 1,
+    dim: int = 8,
+    rng: random.Random | None = None,
+) -> tuple[Traffic, str]:
+    """The run's traffic from what discovery found (None: that endpoint did not answer 200),
+    and one line saying what was chosen and why."""
+    rng = rng or random.Random(6)
+    traffic = Traffic(model=model, metadata=metadata is not None)
+    iris_rows, iris_labels = read_iris()
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    traffic.labels = [str(x) for x in labels] if isinstance(labels, list) else None
+    try:
+        signature = parse_metadata(v2_metadata) if v2_metadata is not None else None
+    except BadMetadata as exc:
+        log.warning("GET /v2/models/%s: %s", model, exc)
+        signature = None
+    if signature is None:
+        # An API without V2 model metadata (or none answering yet): the seed's iris traffic,
+        # /metadata included, so a stopped API fails the run with the reason.
+        traffic.labels = traffic.labels or iris_labels
+        traffic.metadata = True
+        seed_traffic(traffic, iris_rows, rng)
+        return traffic, f"V2 inference off: not served (GET /v2/models/{model}); seed routes only"
+    v2_traffic(traffic, signature, rows, dim, rng)
+    features = seed_features(signature, len(traffic.labels or []))
+    if features is not None:
+        seed_rows = (
+            iris_rows
+            if features == len(iris_rows[0])
+            else [tensor_data("FP32", features, rng) for _ in range(SEED_ROWS)]
+        )
+        seed_traffic(traffic, seed_rows, rng)
+    inputs = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in signature.inputs)
+    seed = "with" if traffic.single else "without"
+    return traffic, f"V2 inference enabled for {model} ({inputs}), {seed} the seed routes"
 
 
 @events.init_command_line_parser.add_listener
@@ -125,9 +209,23 @@ def _options(parser: Any) -> None:
     )
     parser.add_argument(
         "--model",
-        default="iris_svc",
+        default="",
         env_var="LOCUST_MODEL",
-        help="model name in the V2 inference paths",
+        help="model name in the V2 paths (default: the one GET /ready or /metadata names)",
+    )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=1,
+        env_var="LOCUST_ROWS",
+        help="rows per V2 request where the model's batch dimension is dynamic",
+    )
+    parser.add_argument(
+        "--dim",
+        type=int,
+        default=8,
+        env_var="LOCUST_DIM",
+        help="size of the other dynamic dimensions of V2 inputs (e.g. sequence length)",
     )
 
 
@@ -140,13 +238,17 @@ def _check_options(environment: Environment, **_: Any) -> None:
         if getattr(options, flag) < 0:
             log.error("--%s must be >= 0, got %s", flag.replace("_", "-"), getattr(options, flag))
             sys.exit(2)
+    for flag in ("rows", "dim"):
+        if getattr(options, flag) < 1:
+            log.error("--%s must be >= 1, got %s", flag, getattr(options, flag))
+            sys.exit(2)
 
 
-class IrisUser(FastHttpUser):
+class ModelUser(FastHttpUser):
     """One client of the API; `host` comes from --host (or the web UI)."""
 
     think_time: float = 0.1
-    v2_path: str = "/v2/models/iris_svc/infer"
+    traffic: Traffic = Traffic()
 
     def wait_time(self) -> float:
         return random.uniform(0.5, 1.5) * self.think_time
@@ -163,43 +265,49 @@ class IrisUser(FastHttpUser):
 
     @task(50)
     def predict_one(self) -> None:
-        payload = random.choice(SINGLE)
+        labels = self.traffic.labels or []
         self._post(
             "/predict",
-            payload,
+            random.choice(self.traffic.single),
             "/predict [1 row]",
-            lambda body: check_probabilities(body, 1, len(LABELS)),
+            lambda body: check_probabilities(body, 1, len(labels)),
         )
 
     @task(20)
     def predict_label(self) -> None:
-        payload = random.choice(SINGLE)
+        labels = self.traffic.labels or []
         self._post(
             "/predict/label",
-            payload,
+            random.choice(self.traffic.single),
             "/predict/label [1 row]",
-            lambda body: check_labels(body, 1, LABELS),
+            lambda body: check_labels(body, 1, labels),
         )
 
     @task(15)
     def predict_batch(self) -> None:
-        payload = random.choice(BATCH)
+        labels = self.traffic.labels or []
+        payload = random.choice(self.traffic.batch)
         self._post(
             "/predict",
             payload,
             "/predict [2-32 rows]",
-            lambda body: check_probabilities(body, payload.rows, len(LABELS)),
+            lambda body: check_probabilities(body, payload.rows, len(labels)),
         )
 
     @task(10)
     def v2_infer(self) -> None:
-        payload = random.choice(V2)
-        self._post(
-            self.v2_path,
-            payload,
-            "/v2/models/{model}/infer [1-32 rows]",
-            lambda body: check_v2_infer(body, payload.rows, len(LABELS), LABELS),
-        )
+        traffic = self.traffic
+        payload = random.choice(traffic.v2)
+        signature = traffic.signature
+        assert signature is not None  # the task runs only with a signature
+
+        def check(body: Any) -> None:
+            check_v2_outputs(body, signature.outputs, payload.rows)
+            if traffic.single and traffic.labels:  # classifier-shaped: probabilities, labels
+                check_v2_infer(body, payload.rows, len(traffic.labels), traffic.labels)
+
+        rows = "1 row" if payload.rows == 1 else f"{payload.rows} rows"
+        self._post(traffic.v2_path, payload, f"/v2/models/{{model}}/infer [{rows}]", check)
 
     @task(3)
     def health(self) -> None:
@@ -207,7 +315,7 @@ class IrisUser(FastHttpUser):
 
     @task(2)
     def metadata(self) -> None:
-        self._get("/metadata", lambda body: check_metadata(body, LABELS))
+        self._get("/metadata", lambda body: check_metadata(body, self.traffic.labels))
 
 
 def _judge(response: ResponseContextManager, check: Callable[[Any], None]) -> None:
@@ -224,27 +332,57 @@ def _judge(response: ResponseContextManager, check: Callable[[Any], None]) -> No
         response.success()
 
 
-def probe_v2(host: str, model: str, timeout: float = 5.0) -> bool:
-    """Does the API serve the V2 protocol for this model? (GET /v2/models/<model> is 200)"""
+def fetch_json(url: str, timeout: float = 5.0) -> Any:
+    """The JSON body of GET url when it answers 200, else None."""
     try:
-        with urllib.request.urlopen(f"{host.rstrip('/')}/v2/models/{model}", timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.load(response) if response.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
-_ALL_TASKS = list(IrisUser.tasks)
+def discover(host: str, model: str) -> tuple[str, Any, Any]:
+    """The served model's name, its V2 metadata and its /metadata (None: no 200 answer)."""
+    base = host.rstrip("/")
+    metadata = fetch_json(f"{base}/metadata")
+    if not model:
+        for body in (fetch_json(f"{base}/ready"), metadata):
+            if isinstance(body, dict) and isinstance(body.get("model_name"), str):
+                model = body["model_name"]
+                break
+        else:
+            model = DEFAULT_MODEL
+    return model, fetch_json(f"{base}/v2/models/{quote(model, safe='')}"), metadata
+
+
+_ALL_TASKS = list(ModelUser.tasks)
+_SEED_TASKS = {ModelUser.predict_one, ModelUser.predict_label, ModelUser.predict_batch}
 
 
 @events.test_start.add_listener
 def _configure(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
-    IrisUser.think_time = options.think_time if options else 0.1
-    model = options.model if options else "iris_svc"
-    IrisUser.v2_path = f"/v2/models/{model}/infer"
-    v2 = bool(environment.host) and probe_v2(str(environment.host), model)
-    IrisUser.tasks = [t for t in _ALL_TASKS if v2 or t is not IrisUser.v2_infer]
-    log.info("V2 inference %s (GET /v2/models/%s)", "enabled" if v2 else "off: not served", model)
+    ModelUser.think_time = options.think_time if options else 0.1
+    host = str(environment.host or "")
+    model, v2_metadata, metadata = (
+        discover(host, options.model if options else "") if host else (DEFAULT_MODEL, None, None)
+    )
+    traffic, summary = plan_traffic(
+        model,
+        v2_metadata,
+        metadata,
+        rows=options.rows if options else 1,
+        dim=options.dim if options else 8,
+    )
+    ModelUser.traffic = traffic
+    ModelUser.tasks = [
+        t
+        for t in _ALL_TASKS
+        if (traffic.single or t not in _SEED_TASKS)
+        and (traffic.v2 or t is not ModelUser.v2_infer)
+        and (traffic.metadata or t is not ModelUser.metadata)
+    ]
+    log.info("%s", summary)
 
 
 def run_figures(environment: Environment) -> RunFigures:

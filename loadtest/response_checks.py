@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 # Probabilities are float32 from ONNX Runtime: a row sums to 1 within this much.
 SUM_TOLERANCE = 1e-3
@@ -17,6 +17,27 @@ SUM_TOLERANCE = 1e-3
 
 class WrongAnswer(ValueError):
     """The API answered, but not with what the contract promises."""
+
+
+class DeclaredTensor(Protocol):
+    """An output as the model's V2 metadata declares it (v2_requests.TensorSpec)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def datatype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...  # -1: dynamic
+
+
+# The range each V2 integer datatype holds; a value outside it was not produced by the model.
+INT_RANGES = {
+    f"{kind}{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if kind == "INT"
+    else (0, 2**bits - 1)
+    for kind in ("INT", "UINT")
+    for bits in (8, 16, 32, 64)
+}
 
 
 def check_status(status: int, expected: int = 200) -> None:
@@ -113,15 +134,67 @@ def check_v2_infer(body: Any, n_rows: int, n_classes: int, labels: Collection[st
         raise WrongAnswer(f"no FP32 output of shape [{n_rows}, {n_classes}] (probabilities)")
 
 
+def _value_of_type(value: Any, datatype: str) -> bool:
+    if datatype == "BOOL":
+        return isinstance(value, bool)
+    if datatype == "BYTES":
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    if datatype in INT_RANGES:
+        low, high = INT_RANGES[datatype]
+        return isinstance(value, int) and low <= value <= high
+    return isinstance(value, int | float)  # FP16/FP32/FP64
+
+
+def check_v2_outputs(body: Any, declared: Sequence[DeclaredTensor], n_rows: int) -> None:
+    """POST /v2/models/{name}/infer for any model: every declared output, once, with its
+    declared datatype and rank; fixed dimensions as declared, a dynamic first dimension
+    equal to the request's rows; as many values as the shape holds, each of the datatype."""
+    outputs = _field(body, "outputs")
+    if not isinstance(outputs, list):
+        raise WrongAnswer("outputs: expected a list")
+    expected = {spec.name: spec for spec in declared}
+    seen: set[str] = set()
+    for output in outputs:
+        name = _field(output, "name")
+        if name not in expected or name in seen:
+            what = "twice" if name in seen else "not a declared output"
+            raise WrongAnswer(f"output {name!r}: {what} (declared: {sorted(expected)})")
+        seen.add(name)
+        spec = expected[name]
+        datatype = _field(output, "datatype")
+        if datatype != spec.datatype:
+            raise WrongAnswer(f"output {name!r}: datatype {datatype!r}, declared {spec.datatype}")
+        shape = _field(output, "shape")
+        wanted = [n_rows if i == 0 and d == -1 else d for i, d in enumerate(spec.shape)]
+        if (
+            not isinstance(shape, list)
+            or len(shape) != len(wanted)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or any(w != -1 and d != w for d, w in zip(shape, wanted, strict=True))
+        ):
+            raise WrongAnswer(f"output {name!r}: shape {shape!r}, expected {wanted} (-1: any)")
+        data = _flatten(_field(output, "data"))
+        if len(data) != math.prod(shape):
+            raise WrongAnswer(f"output {name!r}: {len(data)} values for shape {shape}")
+        for value in data:
+            if not _value_of_type(value, datatype):
+                raise WrongAnswer(f"output {name!r}: {value!r} is not a {datatype} value")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise WrongAnswer(f"outputs {missing} missing")
+
+
 def check_health(body: Any) -> None:
     if body != {"health": "ok"}:
         raise WrongAnswer(f"expected {{'health': 'ok'}}, got {str(body)[:200]}")
 
 
-def check_metadata(body: Any, labels: Sequence[str]) -> None:
-    """GET /metadata: names the model and the labels this test expects."""
+def check_metadata(body: Any, labels: Sequence[str] | None) -> None:
+    """GET /metadata: names the model and, unless `labels` is None, the labels this test expects."""
     for key in ("model_name", "model_version", "sha256"):
         if not isinstance(_field(body, key), str) or not body[key]:
             raise WrongAnswer(f"metadata: {key} is empty")
-    if list(_field(body, "labels")) != list(labels):
+    if labels is not None and list(_field(body, "labels")) != list(labels):
         raise WrongAnswer(f"metadata: labels {body['labels']!r}, expected {list(labels)!r}")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_iris
@@ -83,7 +84,12 @@ def to_onnx(model: Pipeline, n_features: int) -> bytes:
     produced = tuple(o.name for o in onx.graph.output)
     if produced != OUTPUT_NAMES:
         raise RuntimeError(f"unexpected ONNX outputs {produced}, want {OUTPUT_NAMES}")
-    return onx.SerializeToString()
+    # skl2onnx lists the opsets in hash order, which differs per process: sorted, the
+    # file is byte-identical on every run.
+    opsets = sorted((o.domain, o.version) for o in onx.opset_import)
+    onx.ClearField("opset_import")
+    onx.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets)
+    return onx.SerializeToString(deterministic=True)
 
 
 def export(out_dir: Path, svc_c: float = 1.0) -> Pipeline:

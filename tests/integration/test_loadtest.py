@@ -8,8 +8,10 @@ switched on only when GET /v2/models/iris_svc answers 200.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -17,10 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, models_script
 from tests.integration.conftest import ApiServer, StartApi
+from tests.v2_tensors import Rejected, infer, model_metadata
+
+ZOO = models_script("zoo").COMMITTED
 
 
 @pytest.fixture
@@ -194,6 +200,16 @@ def v2_infer(body: Any) -> tuple[int, Any]:
     return 200, {"model_name": "iris_svc", "outputs": [label, probabilities]}
 
 
+IRIS_V2_METADATA = {
+    "name": "iris_svc",
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+    ],
+}
+
+
 @pytest.fixture
 def v2_api() -> Iterator[str]:
     yield from serve(
@@ -201,7 +217,7 @@ def v2_api() -> Iterator[str]:
             **COMMON,
             ("POST", "/predict"): lambda b: (200, {"prediction": per_row(b, [0.2, 0.3, 0.5])}),
             ("POST", "/predict/label"): lambda b: (200, {"prediction": per_row(b, "virginica")}),
-            ("GET", "/v2/models/iris_svc"): lambda _: (200, {"name": "iris_svc"}),
+            ("GET", "/v2/models/iris_svc"): lambda _: (200, IRIS_V2_METADATA),
             ("POST", "/v2/models/iris_svc/infer"): v2_infer,
         }
     )
@@ -210,8 +226,90 @@ def v2_api() -> Iterator[str]:
 def test_v2_task_runs_when_the_api_serves_v2(v2_api: str, tmp_path: Path) -> None:
     result = make("loadtest", tmp_path, HOST=v2_api, USERS="4", DURATION="4s", MIN_RPS="0")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert "V2 inference enabled" in result.stderr
-    v2 = stats_rows(tmp_path)["/v2/models/{model}/infer [1-32 rows]"]
+    assert "V2 inference enabled for iris_svc (input FP32 [-1, 4]), with the seed routes" in (
+        result.stderr
+    )
+    rows = stats_rows(tmp_path)
+    v2 = rows["/v2/models/{model}/infer [1 row]"]
+    assert int(v2["Request Count"]) > 0 and int(v2["Failure Count"]) == 0
+    assert int(rows["/predict [1 row]"]["Request Count"]) > 0
+
+
+# --- any model: a stand-in V2 server over onnxruntime, for every model of the zoo ------
+
+
+@contextlib.contextmanager
+def onnx_v2_api(name: str, wrong_outputs: bool = False) -> Iterator[str]:
+    """A minimal V2 server for models/<name>/v1: decodes strictly, runs onnxruntime,
+    answers every output (`wrong_outputs`: each output's first dimension doubled)."""
+    session = ort.InferenceSession(
+        str(ROOT / "models" / name / "v1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    metadata = model_metadata(session, name)
+
+    def infer_route(body: Any) -> tuple[int, Any]:
+        try:
+            response = infer(session, body, metadata)
+        except Rejected as exc:
+            return 400, {"error": str(exc)}
+        if wrong_outputs:
+            for output in response["outputs"]:
+                output["shape"][0] *= 2
+        return 200, response
+
+    yield from serve(
+        {
+            ("GET", "/health"): lambda _: (200, {"health": "ok"}),
+            ("GET", "/ready"): lambda _: (200, {"ready": True, "model_name": name}),
+            ("GET", "/metadata"): lambda _: (
+                200,
+                {"model_name": name, "model_version": "v1", "sha256": "ab"},
+            ),
+            ("GET", f"/v2/models/{name}"): lambda _: (200, metadata),
+            ("POST", f"/v2/models/{name}/infer"): infer_route,
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_make_loadtest_works_for_every_model_of_the_zoo(name: str, tmp_path: Path) -> None:
+    with onnx_v2_api(name) as url:
+        # Validity, not speed: the stand-in decodes in pure Python, so no latency bound.
+        result = make(
+            "loadtest", tmp_path, HOST=url, USERS="4", DURATION="3s", MIN_RPS="0", P99_MS="0"
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"V2 inference enabled for {name} (" in output and "without the seed routes" in output
+    rows = stats_rows(tmp_path)
+    v2 = rows["/v2/models/{model}/infer [1 row]"]
+    assert int(v2["Request Count"]) > 0 and int(v2["Failure Count"]) == 0
+    assert not any(n.startswith("/predict") for n in rows)  # not classifier-shaped: no seed routes
+
+
+def test_v2_outputs_not_as_declared_fail_the_run(tmp_path: Path) -> None:
+    with onnx_v2_api("text_classifier", wrong_outputs=True) as url:
+        result = make(
+            "loadtest", tmp_path, HOST=url, USERS="2", DURATION="3s", MIN_RPS="0", P99_MS="0"
+        )
+    assert result.returncode != 0
+    assert "load test FAILED" in result.stderr
+    failures = (run_dir(tmp_path) / "stats_failures.csv").read_text()
+    assert "logits" in failures and "shape [2, 4], expected [1, 4]" in failures
+
+
+def test_rows_and_dim_shape_the_v2_requests(tmp_path: Path) -> None:
+    with onnx_v2_api("text_classifier") as url:
+        result = subprocess.run(
+            ["make", "--no-print-directory", "-C", str(ROOT), "loadtest", f"HOST={url}",
+             f"LOADTEST_RESULTS={tmp_path}", "USERS=2", "DURATION=3s", "MIN_RPS=0", "P99_MS=0"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "LOCUST_ROWS": "4", "LOCUST_DIM": "3"},
+        )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    v2 = stats_rows(tmp_path)["/v2/models/{model}/infer [4 rows]"]
     assert int(v2["Request Count"]) > 0 and int(v2["Failure Count"]) == 0
 
 

@@ -146,3 +146,67 @@ def test_health_and_metadata() -> None:
         checks.check_metadata({**good, "sha256": ""}, LABELS)
     with pytest.raises(WrongAnswer, match="no 'model_version'"):
         checks.check_metadata({"model_name": "iris_svc"}, LABELS)
+    checks.check_metadata({**good, "labels": None}, None)  # labels unknown: not checked
+
+
+# --- any model: outputs checked against the declared signature ---------------------------
+
+v2_requests = loadtest_module("v2_requests")
+Spec = v2_requests.TensorSpec
+DECLARED = [
+    Spec("logits", "FP32", (-1, 4)),
+    Spec("id", "INT8", (-1,)),
+    Spec("flag", "BOOL", (-1, 2)),
+    Spec("label", "BYTES", (-1,)),
+    Spec("fixed", "UINT16", (1, 3)),
+]
+
+
+def outputs(rows: int, **changes: dict[str, Any] | None) -> dict[str, Any]:
+    """A good answer for DECLARED, with some outputs changed (None: left out)."""
+    tensors: dict[str, dict[str, Any] | None] = {
+        "logits": {"shape": [rows, 4], "datatype": "FP32", "data": [0.5, -1, 2e9, 3.25] * rows},
+        "id": {"shape": [rows], "datatype": "INT8", "data": [-128] * rows},
+        "flag": {"shape": [rows, 2], "datatype": "BOOL", "data": [[True, False]] * rows},
+        "label": {"shape": [rows], "datatype": "BYTES", "data": ["red"] * rows},
+        "fixed": {"shape": [1, 3], "datatype": "UINT16", "data": [0, 1, 65535]},
+    }
+    for name, change in changes.items():
+        tensors[name] = None if change is None else {**tensors[name], **change}
+    return {"outputs": [{"name": name, **t} for name, t in tensors.items() if t is not None]}
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_outputs_as_declared_pass(rows: int) -> None:
+    checks.check_v2_outputs(outputs(rows), DECLARED, rows)
+    body = outputs(rows)
+    body["outputs"].reverse()  # any order
+    checks.check_v2_outputs(body, DECLARED, rows)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (outputs(2, logits={"datatype": "FP64"}), "'logits': datatype 'FP64', declared FP32"),
+        (outputs(2, logits={"shape": [3, 4]}), r"shape \[3, 4\], expected \[2, 4\]"),
+        (outputs(2, logits={"shape": [2, 4, 1]}), "shape"),
+        (outputs(2, logits={"shape": [2, 5]}), "shape"),
+        (outputs(2, fixed={"shape": [2, 3]}), r"expected \[1, 3\]"),
+        (outputs(2, logits={"data": [0.5] * 7}), "7 values for shape"),
+        (outputs(2, logits={"data": [0.5, "x"] * 4}), "'x' is not a FP32 value"),
+        (outputs(2, logits={"data": [True] * 8}), "True is not a FP32 value"),
+        (outputs(2, id={"data": [-129, 0]}), "-129 is not a INT8 value"),
+        (outputs(2, id={"data": [1.0, 0]}), "1.0 is not a INT8 value"),
+        (outputs(2, fixed={"data": [0, 1, 65536]}), "65536 is not a UINT16 value"),
+        (outputs(2, flag={"data": [1, 0, 1, 0]}), "1 is not a BOOL value"),
+        (outputs(2, label={"data": ["red", 3]}), "3 is not a BYTES value"),
+        (outputs(2, label=None), r"outputs \['label'\] missing"),
+        ({"outputs": [*outputs(2)["outputs"], {"name": "x"}]}, "'x': not a declared output"),
+        ({"outputs": [*outputs(2)["outputs"], outputs(2)["outputs"][0]]}, "'logits': twice"),
+        ({"outputs": {}}, "expected a list"),
+        ({"error": "boom"}, "no 'outputs'"),
+    ],
+)
+def test_outputs_not_as_declared_fail(body: Any, message: str) -> None:
+    with pytest.raises(WrongAnswer, match=message):
+        checks.check_v2_outputs(body, DECLARED, 2)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
-from tests.conftest import MODEL_V1, ROOT
+from tests.conftest import MODEL_V1, ROOT, models_script
 
 
 def _onnx_proba(path: Path, rows: np.ndarray) -> np.ndarray:
@@ -41,6 +44,19 @@ def test_reexport_reproduces_the_committed_artifact(
         assert (tmp_path / name).read_text() == (MODEL_V1 / name).read_text()
 
 
+@pytest.mark.parametrize("hash_seed", ["1", "2"])
+def test_reexport_in_a_fresh_process_is_byte_identical(tmp_path: Path, hash_seed: str) -> None:
+    """`make models` leaves the committed model untouched, whatever the hash seed."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "models" / "train.py"), "--out", str(tmp_path)],
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    assert (tmp_path / "model.onnx").read_bytes() == (MODEL_V1 / "model.onnx").read_bytes()
+
+
 def test_graph_has_plain_tensor_outputs_no_zipmap() -> None:
     graph = onnx.load(str(MODEL_V1 / "model.onnx")).graph
     assert [i.name for i in graph.input] == ["input"]
@@ -68,4 +84,5 @@ def test_the_repository_commits_one_copy_of_the_model() -> None:
     tracked = subprocess.run(
         ["git", "ls-files", "*.onnx"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert tracked == ["models/iris_svc/v1/model.onnx"]
+    zoo = {f"models/{name}/v1/model.onnx" for name in models_script("zoo").COMMITTED}
+    assert [f for f in tracked if f not in zoo] == ["models/iris_svc/v1/model.onnx"]
