@@ -83,6 +83,9 @@ def _rows(call: Call, view: Tabular) -> np.ndarray:
                 raise InvalidInputError(
                     f"data.{i}: has {len(row)} values; the model takes {view.features} per row"
                 )
+    fixed = view.input.shape[0]
+    if fixed != -1 and len(data) != fixed:
+        raise InvalidInputError(f"data: {len(data)} rows; the model takes exactly {fixed}")
     if dtype.itemsize < 4 and not np.isfinite(rows).all():
         raise InvalidInputError(f"data: a value is out of the range of {view.input.datatype.name}")
     return rows
