@@ -16,6 +16,16 @@ per scenario:
   the API (iris_svc): POST /predict with 1 row and with 32 rows, POST /v2/.../infer with
       1 row, with each INFERENCE_MODE (loop, thread); /predict without the access log.
 
+Then two models of the zoo (models/README.md; built by `make bench-models` if missing):
+
+  compute-bound, mlp_bench (~1.8 ms per row on one core): V2 JSON with 1 row at 16
+      connections, API_WORKERS=auto (the rule gives 2 workers x 1 thread on 2 CPUs), with
+      batching on (the default) and off (model-config.json max_batch_size 0), against the
+      plain onnxruntime loop with the same 2 threads at batch 1 and batch 16
+      (bench_onnx.py), in turn, `--rounds` times;
+  large, large_mlp (256 MiB): the API with default settings, its processes' total resident
+      memory after 20 requests, against the goal 1.25 x the model + 150 MiB.
+
 (a), /predict with 1 row and V2 with 1 row run first, in turn, `--rounds` times (5), and
 count as their medians; the goal's ratios are the medians of the rounds' ratios (each
 round's scenarios run back to back): on a shared machine the load moves between
@@ -449,6 +459,149 @@ def count_instructions(args: argparse.Namespace) -> None:
         print(f"{name}: {count:,.0f} instructions per request ({requests:,} requests){ratio}")
 
 
+BENCH_MODELS = ROOT / "build" / "models"
+MLP_FEATURES = 256
+
+
+def bench_model(name: str) -> Path:
+    """build/models/<name>/v1, built by models/zoo.py (make bench-models) if missing."""
+    path = BENCH_MODELS / name / "v1"
+    if not (path / "model.onnx").is_file():
+        print(f"building {name} (make bench-models)...", flush=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "models" / "zoo.py"), "--out", str(BENCH_MODELS), name],
+            check=True,
+        )
+    return path
+
+
+def run_model_api(
+    args: argparse.Namespace, model_dir: Path, name: str, label: str, **settings: str
+) -> tuple[Result, int]:
+    """V2 JSON, 1 row, on a zoo model: req/s (= rows/s) and the server's total RSS (KiB)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(model_dir),
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "LOG_LEVEL": args.log_level,
+        **settings,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"{url}/ready", process, timeout=180)
+        row = [round(0.001 * (i % 997), 3) for i in range(MLP_FEATURES)]
+        tensor = {"name": "input", "shape": [1, MLP_FEATURES], "datatype": "FP32", "data": row}
+        body = json.dumps({"inputs": [tensor]})
+        result = wrk(f"{url}/v2/models/{name}/infer", body, args.duration, args, label)
+        return result, total_rss_kib(process.pid)
+    finally:
+        stop(process)
+
+
+def total_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its children (the supervisor and workers)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(c) for c in (task / "children").read_text().split()]
+    total = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def compute_bound(args: argparse.Namespace) -> list[str]:
+    """mlp_bench: the API with batching on and off against the plain loops, in turn."""
+    import bench_onnx
+
+    model_dir = bench_model("mlp_bench")
+    unbatched = Path(tempfile.mkdtemp(prefix="mlp-unbatched-")) / "mlp_bench" / "v1"
+    unbatched.mkdir(parents=True)
+    (unbatched / "model.onnx").symlink_to(model_dir / "model.onnx")
+    (unbatched / "model-config.json").write_text('{"batching": {"max_batch_size": 0}}')
+    configs = [bench_onnx.Config(2, 1), bench_onnx.Config(2, 16)]
+    runs: dict[str, list[float]] = {"loop1": [], "loop16": [], "on": [], "off": []}
+    p99: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(args.rounds):
+        loops = bench_onnx.measure(model_dir / "model.onnx", configs, 1, min(args.duration, 5))
+        runs["loop1"].append(loops[configs[0]].rows_per_s)
+        runs["loop16"].append(loops[configs[1]].rows_per_s)
+        for key, where in (("on", model_dir), ("off", unbatched)):
+            result, _ = run_model_api(args, where, "mlp_bench", f"mlp_bench, batching {key}")
+            runs[key].append(result.rps)
+            p99[key].append(result.p99_ms)
+        print(
+            "mlp_bench rows/s: loop b1 {:,.0f}, loop b16 {:,.0f}, API batching on {:,.0f}, "
+            "off {:,.0f}".format(*(runs[k][-1] for k in ("loop1", "loop16", "on", "off"))),
+            flush=True,
+        )
+    median = {k: statistics.median(v) for k, v in runs.items()}
+    over_b1 = statistics.median(a / b for a, b in zip(runs["on"], runs["loop1"], strict=True))
+    of_b16 = statistics.median(a / b for a, b in zip(runs["on"], runs["loop16"], strict=True))
+    return [
+        "| mlp_bench (FP32 [N, 256] -> 2048 x3 -> 10) | rows/s | p99 ms | vs loop b1 "
+        "| vs loop b16 |",
+        "|---|---:|---:|---:|---:|",
+        f"| onnxruntime loop, 2 threads, batch 1 | {median['loop1']:,.0f} | | 1.00x | |",
+        f"| onnxruntime loop, 2 threads, batch 16 | {median['loop16']:,.0f} | | | 100% |",
+        f"| API, V2 JSON 1 row, 16 connections, batching on (default) | {median['on']:,.0f} | "
+        f"{statistics.median(p99['on']):.1f} | {over_b1:.2f}x | {of_b16:.0%} |",
+        f"| API, the same, batching off (max_batch_size 0) | {median['off']:,.0f} | "
+        f"{statistics.median(p99['off']):.1f} | "
+        f"{median['off'] / median['loop1']:.2f}x | {median['off'] / median['loop16']:.0%} |",
+        "",
+        f"Medians of {args.rounds} rounds, each running the four in turn; the ratios are the "
+        "medians of the rounds' ratios. API_WORKERS=auto and ORT_INTRA_OP_THREADS=auto: "
+        "2 workers x 1 intra-op thread here, the same 2 threads as the loops.",
+    ]
+
+
+def large_model(args: argparse.Namespace) -> list[str]:
+    """large_mlp: the API's total RSS with default settings, against the goal."""
+    model_dir = bench_model("large_mlp")
+    size = (model_dir / "model.onnx").stat().st_size
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_api"],
+        env={
+            **os.environ,
+            "MODEL_DIR": str(model_dir),
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(port),
+            "LOG_LEVEL": args.log_level,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", process, timeout=300)
+        tensor = {"name": "input", "shape": [1, 4096], "datatype": "FP32", "data": [0.001] * 4096}
+        body = {"inputs": [tensor]}
+        for _ in range(20):
+            httpx.post(
+                f"http://127.0.0.1:{port}/v2/models/large_mlp/infer", json=body, timeout=60
+            ).raise_for_status()
+        rss = total_rss_kib(process.pid) * 1024
+    finally:
+        stop(process)
+    goal = 1.25 * size + 150 * 2**20
+    verdict = "met" if rss <= goal else "NOT met"
+    return [
+        f"large_mlp ({size / 2**20:.0f} MiB), default settings ({os.cpu_count()} CPUs): total "
+        f"API RSS after 20 requests {rss / 2**20:.0f} MiB; goal <= 1.25 x the model + 150 MiB "
+        f"= {goal / 2**20:.0f} MiB: {verdict}.",
+    ]
+
+
 def report(
     rows: list[Result],
     ceiling: Result,
@@ -489,6 +642,9 @@ def main() -> None:
         "--rounds", type=int, default=5, help="interleaved runs of (a) and /predict 1 row"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--iris-only", action="store_true", help="skip the compute-bound and large models"
+    )
     parser.add_argument(
         "--instructions",
         action="store_true",
@@ -547,6 +703,9 @@ def main() -> None:
     rows += [compute_ceiling(min(args.duration, 5)), compute_ceiling(min(args.duration, 5), True)]
 
     table = report(rows, bare, memory, args)
+    if not args.iris_only:
+        table += "\n\n" + "\n".join(compute_bound(args))
+        table += "\n\n" + "\n".join(large_model(args))
     print()
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

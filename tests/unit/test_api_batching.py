@@ -198,7 +198,7 @@ def test_a_full_batch_does_not_wait_for_the_delay() -> None:
 
 def test_in_a_thread_requests_arriving_during_a_call_form_the_next_one() -> None:
     model = FakeModel(delay=0.3)
-    batcher = Batcher(model, 100, in_thread=True)  # type: ignore[arg-type]
+    batcher = Batcher(model, 100, threads=1)  # type: ignore[arg-type]
 
     async def main() -> list[Any]:
         first = request(batcher, rows(1))
@@ -215,10 +215,10 @@ def test_in_a_thread_requests_arriving_during_a_call_form_the_next_one() -> None
     assert threading.get_ident() not in model.threads
 
 
-@pytest.mark.parametrize("in_thread", [False, True])
-def test_a_cancelled_request_is_dropped_and_the_others_answered(in_thread: bool) -> None:
+@pytest.mark.parametrize("threads", [0, 1])
+def test_a_cancelled_request_is_dropped_and_the_others_answered(threads: int) -> None:
     model = FakeModel()
-    batcher = Batcher(model, 100, in_thread=in_thread)  # type: ignore[arg-type]
+    batcher = Batcher(model, 100, threads=threads)  # type: ignore[arg-type]
 
     async def main() -> list[Any]:
         gone = request(batcher, rows(1))

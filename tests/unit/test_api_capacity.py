@@ -91,3 +91,14 @@ def test_a_model_too_large_for_the_limit_is_refused_in_one_line() -> None:
     # Several workers asked for: lowering them is a way out, and the line says so.
     with pytest.raises(ModelTooLargeError, match="lower API_WORKERS"):
         plan(model_bytes=20 * MiB, cpus=2, limit=200 * MiB, workers=4)
+
+
+def test_a_compute_bound_model_is_held_once_too() -> None:
+    """One inference of a millisecond or more on one thread (measured at start): one
+    worker whose threads use the cores, whatever its size."""
+    small = 20 * MiB
+    assert plan(model_bytes=small, cpus=4, limit=None, latency=0.0002).workers == 4
+    heavy = plan(model_bytes=small, cpus=4, limit=None, latency=0.0018)
+    assert (heavy.workers, heavy.threads) == (1, 4)
+    # API_WORKERS given: it wins.
+    assert plan(model_bytes=small, cpus=4, limit=None, workers=3, latency=0.0018).workers == 3

@@ -12,9 +12,11 @@ Where the calls run:
 - on the event loop (`in_thread=False`, small models): the requests that arrive in one
   turn of the loop share a call, run right after that turn. A thread hand-off would cost
   more than such a model's inference.
-- in one thread of their own (`in_thread=True`, models whose inference takes
-  milliseconds): the loop keeps reading requests while a call runs; when it ends, the
-  requests that arrived meanwhile form the next call. ONNX Runtime releases the GIL.
+- in threads of their own (`threads` >= 1, models whose inference takes milliseconds):
+  the loop keeps reading requests while calls run, up to `threads` calls at once on the
+  one session (Triton's model instances, without a copy of the model each); a call
+  starts as soon as a thread is free, with the requests that arrived meanwhile. ONNX
+  Runtime releases the GIL while it runs.
 
 If a stacked call fails, or answers with a first dimension that is not the sum of the
 requests' rows, its requests are run one by one (so one bad request fails alone), and
@@ -70,7 +72,7 @@ class Batcher:
         model: OnnxModel,
         max_rows: int,
         max_delay: float = 0.0,
-        in_thread: bool = False,
+        threads: int = 0,
         metrics: Recorder | None = None,
     ) -> None:
         self.model = model
@@ -78,18 +80,15 @@ class Batcher:
         self.max_rows = max(1, max_rows)
         self.max_delay = max_delay
         self.metrics = metrics
+        self.threads = threads
         self._executor = (
-            ThreadPoolExecutor(1, thread_name_prefix="inference") if in_thread else None
+            ThreadPoolExecutor(threads, thread_name_prefix="inference") if threads else None
         )
         self._waiting: list[_Waiting] = []
-        self._running = False  # a call is in the thread
+        self._running = 0  # calls in the threads
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._soon = False  # the timer is a call_soon, not a wait
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def in_thread(self) -> bool:
-        return self._executor is not None
 
     def infer(
         self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...], rows: int | None
@@ -114,7 +113,7 @@ class Batcher:
     # -- scheduling --------------------------------------------------------------------
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the next call soon, or when its oldest request has waited max_delay."""
-        if self._running or not self._waiting:
+        if not self._waiting or (self._executor is not None and self._running >= self.threads):
             return
         wait = self._wait(loop.time())
         if self._timer is not None:
@@ -150,12 +149,13 @@ class Batcher:
             self._finish(call)
             self._schedule(loop)
             return
-        self._running = True
+        self._running += 1
         done = loop.run_in_executor(self._executor, self._run, call)
         done.add_done_callback(lambda _: self._after_thread(call, loop))
+        self._schedule(loop)  # another thread may be free for what remains
 
     def _after_thread(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
-        self._running = False
+        self._running -= 1
         self._finish(call)
         self._schedule(loop)
 

@@ -6,9 +6,12 @@ The rule API_WORKERS=auto follows (docs: README.md, "Workers, threads and memory
 - A model of LARGE_MODEL_BYTES or more is held once: one worker process, with as many
   intra-op threads as the container has CPUs. Each worker holds its own copy of the
   model, so copies of a large model cost more memory than the parallelism they buy.
-- A smaller model gets one worker per CPU, each with one intra-op thread: a small
-  model's request is mostly Python (HTTP, decoding), which only processes run in
-  parallel; a compute-bound one then uses every core without oversubscribing them.
+- So is a compute-bound one, whose one inference takes HEAVY_SECONDS or more on one
+  thread (measured at start): ONNX Runtime's threads use the cores on batches the one
+  worker stacks from all connections, where several workers would each stack fewer
+  requests and hold a copy each (measured: docs in README.md).
+- A small, fast model gets one worker per CPU, each with one intra-op thread: its
+  request is mostly Python (HTTP, decoding), which only processes run in parallel.
 - Either way no more workers than the memory limit holds.
 
 Memory per worker: WORKER_BYTES (Python, ONNX Runtime, the app) plus LOAD_FACTOR times
@@ -30,6 +33,8 @@ from model_api.errors import ModelTooLargeError
 MiB = 1 << 20
 # At or above this, a model is held once (one worker).
 LARGE_MODEL_BYTES = 64 * MiB
+# A model whose one inference on one thread takes this long is compute-bound (one worker).
+HEAVY_SECONDS = 0.001
 # Measured (README, "Workers, threads and memory"): RSS of a worker serving a tiny model.
 WORKER_BYTES = 110 * MiB
 # Measured: peak RSS growth while loading, per byte of model file.
@@ -119,12 +124,15 @@ def plan(
     limit: int | None,
     workers: int | None = None,
     threads: int | None = None,
+    latency: float | None = None,
 ) -> Plan:
-    """Workers and threads for this model and container (None: auto); raises
-    ModelTooLargeError if the model does not fit the memory limit."""
+    """Workers and threads for this model and container (None: auto), given the seconds
+    of one inference on one thread if known; raises ModelTooLargeError if the model does
+    not fit the memory limit."""
     per_worker = worker_bytes(model_bytes)
     if workers is None:
-        workers = 1 if model_bytes >= LARGE_MODEL_BYTES else cpus
+        heavy = latency is not None and latency >= HEAVY_SECONDS
+        workers = 1 if model_bytes >= LARGE_MODEL_BYTES or heavy else cpus
         if limit is not None:
             while workers > 1 and _need(workers, per_worker) > limit:
                 workers -= 1

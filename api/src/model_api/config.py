@@ -66,10 +66,12 @@ class ApiSettings(BaseSettings):
     )
     # Where inference runs: loop (on the event loop: no hand-off, for models of well under
     # a millisecond), thread (in a thread of its own, so the loop keeps serving while a
-    # call runs), auto (by the model's warm-up latency, model_api.dataplane).
+    # call runs), auto (by the model's warm-up latency: 0.5 ms or more, a thread).
     inference_mode: str = Field(
         default="auto", pattern="^(auto|loop|thread)$", validation_alias="INFERENCE_MODE"
     )
+    # In thread mode: calls that may run at once on the model's one session.
+    inference_threads: int = Field(default=1, ge=1, le=64, validation_alias="INFERENCE_THREADS")
 
     # One line per request (model_api.access, INFO). Off: metrics still count every request;
     # at thousands of requests per second the lines cost ~a third of the request's time.

@@ -41,8 +41,9 @@ SERVER_NAME = "model-load-api"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
 # A model whose one inference takes this long runs its calls in a thread of their own
-# (INFERENCE_MODE=auto): below it, the hand-off costs more than the inference.
-THREAD_LATENCY_SECONDS = 0.001
+# (INFERENCE_MODE=auto): below it, the hand-off (tens of microseconds) and the GIL's
+# back and forth cost more than the loop gains by going on with HTTP meanwhile.
+THREAD_LATENCY_SECONDS = 0.0005
 
 
 def load_model(settings: ApiSettings, threads: int) -> OnnxModel:
@@ -130,7 +131,7 @@ class DataPlane:
                 else batching.max_batch_size
             ),
             max_delay=batching.max_queue_delay_ms / 1000,
-            in_thread=in_thread,
+            threads=(self.settings.inference_threads if in_thread else 0),
             metrics=self.metrics,
         )
         self.tabular = tabular(model)

@@ -47,10 +47,11 @@ def uvicorn_options(settings: ApiSettings) -> dict[str, Any]:
     }
 
 
-def capacity_plan(settings: ApiSettings) -> Plan:
-    """Workers and threads for this model in this container (model_api.capacity). A
-    model still to come (MODEL_WAIT_SECONDS) is of unknown size: one worker, unless
-    API_WORKERS says otherwise, and the server is live while it waits."""
+def capacity_plan(settings: ApiSettings, latency: float | None = None) -> Plan:
+    """Workers and threads for this model in this container (model_api.capacity), given
+    the seconds of one inference on one thread if known. A model still to come
+    (MODEL_WAIT_SECONDS) is of unknown size: one worker, unless API_WORKERS says
+    otherwise, and the server is live while it waits."""
     try:
         size = model_size(settings.model_dir)
     except ModelMissingError:
@@ -61,7 +62,12 @@ def capacity_plan(settings: ApiSettings) -> Plan:
         workers = settings.workers or 1
         return plan(size, cpu_count(), None, workers=workers, threads=settings.ort_threads)
     return plan(
-        size, cpu_count(), memory_limit(), workers=settings.workers, threads=settings.ort_threads
+        size,
+        cpu_count(),
+        memory_limit(),
+        workers=settings.workers,
+        threads=settings.ort_threads,
+        latency=latency,
     )
 
 
@@ -72,19 +78,23 @@ def run(settings: ApiSettings) -> int:
     except ModelError as exc:
         log.error("cannot serve the model: %s", exc)
         return EXIT_MODEL
+    if chosen.workers > 1:
+        # Several workers: check the model once here, so a bad one stops the whole process
+        # with one line instead of workers failing (and being restarted) one by one; and,
+        # with API_WORKERS=auto, see whether it is compute-bound (capacity: one worker).
+        try:
+            latency = load_model(settings, chosen.threads).latency
+        except ModelError as exc:
+            log.error("cannot serve the model: %s", exc)
+            return EXIT_MODEL
+        if settings.workers is None:
+            chosen = capacity_plan(settings, latency)
     log.info("plan: %s", chosen.describe())
     settings = settings.model_copy(
         update={"workers": chosen.workers, "ort_threads": chosen.threads}
     )
     if chosen.workers == 1:
         return _serve_here(settings)
-    # Several workers: check the model once here, so a bad one stops the whole process
-    # with one line instead of workers failing (and being restarted) one by one.
-    try:
-        load_model(settings, chosen.threads)
-    except ModelError as exc:
-        log.error("cannot serve the model: %s", exc)
-        return EXIT_MODEL
     try:
         _metrics_dir()
     except OSError as exc:
