@@ -37,6 +37,7 @@ within one run, not absolute figures across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -49,7 +50,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -309,27 +310,36 @@ def api_env(args: argparse.Namespace, port: int, mode: str, **settings: str) -> 
     }
 
 
+@contextlib.contextmanager
+def api_server(env: dict[str, str], port: int) -> Iterator[tuple[str, int]]:
+    """`python -m model_api` with this environment, once ready: (its URL, its pid)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/ready", process, timeout=300)
+        yield url, process.pid
+    finally:
+        stop(process)
+
+
 def run_api(
     args: argparse.Namespace, mode: str, only_one_row: bool = False, **settings: str
 ) -> tuple[list[Result], dict[int, float]]:
     """The API's scenarios, or only /predict and V2 with 1 row (only_one_row), or only
     /predict with 1 row (other `settings` than the defaults)."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_api"],
-        env=api_env(args, port, mode, **settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_ready(f"{url}/ready", process)
+    with api_server(api_env(args, port, mode, **settings), port) as (url, pid):
         v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
         if settings:
             label = "".join(f", {name}={value}" for name, value in settings.items())
             one = wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
                       f"API /predict, 1 row ({mode}{label})")  # fmt: skip
-            return [one], rss_mib(process.pid)
+            return [one], rss_mib(pid)
         if only_one_row:
             pair = [
                 wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
@@ -337,7 +347,7 @@ def run_api(
                 wrk(f"{url}{V2_PATH}", json.dumps(v2), args.duration, args,
                     f"API V2 infer, 1 row ({mode})"),
             ]  # fmt: skip
-            return pair, rss_mib(process.pid)
+            return pair, rss_mib(pid)
         results = [
             wrk(f"{url}/predict", json.dumps({"data": [SETOSA]}), args.duration, args,
                 f"API /predict, 1 row ({mode})"),
@@ -346,10 +356,7 @@ def run_api(
             wrk(f"{url}{V2_PATH}", json.dumps(v2), args.duration, args,
                 f"API V2 infer, 1 row ({mode})"),
         ]  # fmt: skip
-        memory = rss_mib(process.pid)
-    finally:
-        stop(process)
-    return results, memory
+        return results, rss_mib(pid)
 
 
 def median_of(runs: list[Result], rounds: int) -> Result:
@@ -475,35 +482,25 @@ def bench_model(name: str) -> Path:
     return path
 
 
-def run_model_api(
-    args: argparse.Namespace, model_dir: Path, name: str, label: str, **settings: str
-) -> tuple[Result, int]:
-    """V2 JSON, 1 row, on a zoo model: req/s (= rows/s) and the server's total RSS (KiB)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
+def model_env(args: argparse.Namespace, model_dir: Path, port: int) -> dict[str, str]:
+    """A zoo model's API environment: the defaults (API_WORKERS=auto...)."""
+    return {
         **os.environ,
         "MODEL_DIR": str(model_dir),
         "API_HOST": "127.0.0.1",
         "API_PORT": str(port),
         "LOG_LEVEL": args.log_level,
-        **settings,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_ready(f"{url}/ready", process, timeout=180)
+
+
+def run_model_api(args: argparse.Namespace, model_dir: Path, name: str, label: str) -> Result:
+    """V2 JSON, 1 row of mlp_bench's 256 features: req/s (= rows/s)."""
+    port = free_port()
+    with api_server(model_env(args, model_dir, port), port) as (url, _):
         row = [round(0.001 * (i % 997), 3) for i in range(MLP_FEATURES)]
         tensor = {"name": "input", "shape": [1, MLP_FEATURES], "datatype": "FP32", "data": row}
         body = json.dumps({"inputs": [tensor]})
-        result = wrk(f"{url}/v2/models/{name}/infer", body, args.duration, args, label)
-        return result, total_rss_kib(process.pid)
-    finally:
-        stop(process)
+        return wrk(f"{url}/v2/models/{name}/infer", body, args.duration, args, label)
 
 
 def total_rss_kib(pid: int) -> int:
@@ -536,7 +533,7 @@ def compute_bound(args: argparse.Namespace) -> list[str]:
         runs["loop1"].append(loops[configs[0]].rows_per_s)
         runs["loop16"].append(loops[configs[1]].rows_per_s)
         for key, where in (("on", model_dir), ("off", unbatched)):
-            result, _ = run_model_api(args, where, "mlp_bench", f"mlp_bench, batching {key}")
+            result = run_model_api(args, where, "mlp_bench", f"mlp_bench, batching {key}")
             runs[key].append(result.rps)
             p99[key].append(result.p99_ms)
         print(
@@ -570,29 +567,13 @@ def large_model(args: argparse.Namespace) -> list[str]:
     model_dir = bench_model("large_mlp")
     size = (model_dir / "model.onnx").stat().st_size
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_api"],
-        env={
-            **os.environ,
-            "MODEL_DIR": str(model_dir),
-            "API_HOST": "127.0.0.1",
-            "API_PORT": str(port),
-            "LOG_LEVEL": args.log_level,
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/ready", process, timeout=300)
+    with api_server(model_env(args, model_dir, port), port) as (url, pid):
         tensor = {"name": "input", "shape": [1, 4096], "datatype": "FP32", "data": [0.001] * 4096}
-        body = {"inputs": [tensor]}
         for _ in range(20):
             httpx.post(
-                f"http://127.0.0.1:{port}/v2/models/large_mlp/infer", json=body, timeout=60
+                f"{url}/v2/models/large_mlp/infer", json={"inputs": [tensor]}, timeout=60
             ).raise_for_status()
-        rss = total_rss_kib(process.pid) * 1024
-    finally:
-        stop(process)
+        rss = total_rss_kib(pid) * 1024
     goal = 1.25 * size + 150 * 2**20
     verdict = "met" if rss <= goal else "NOT met"
     return [

@@ -96,7 +96,7 @@ def _submit(call: Call, model: OnnxModel, view: Tabular, rows: np.ndarray) -> An
     return call.state.dataplane.infer({view.input.name: rows}, (view.output.name,), batch)
 
 
-def _predictions(model: OnnxModel) -> Callable[[Arrays], Reply]:
+def _predictions(model: OnnxModel, view: Tabular) -> Callable[[Arrays], Reply]:
     def reply(outputs: Arrays) -> Reply:
         # Python floats (doubles) of the float32 values: the digits are those of the seed.
         rows = outputs[0].tolist()
@@ -122,32 +122,35 @@ def _labels(model: OnnxModel, view: Tabular) -> Callable[[Arrays], Reply]:
     return reply
 
 
-def _sample(model: OnnxModel, view: Tabular) -> np.ndarray:
+def _sample(call: Call, model: OnnxModel, view: Tabular) -> np.ndarray:
     if model.sample is None:
         raise NotFoundError(f"model {model.name} {model.version} ships no sample.json")
     return np.asarray(model.sample, dtype=view.input.datatype.dtype)
 
 
-def predict(call: Call) -> Pending:
-    model, view = _view(call)
-    return Pending(_submit(call, model, view, _rows(call, view)), _predictions(model))
+def _body(call: Call, model: OnnxModel, view: Tabular) -> np.ndarray:
+    return _rows(call, view)
 
 
-def predict_label(call: Call) -> Pending:
-    model, view = _view(call)
-    reply = _labels(model, view)
-    return Pending(_submit(call, model, view, _rows(call, view)), reply)
+Rows = Callable[[Call, OnnxModel, Tabular], np.ndarray]
+Answer = Callable[[OnnxModel, Tabular], Callable[[Arrays], Reply]]
 
 
-def predict_test(call: Call) -> Pending:
-    model, view = _view(call)
-    return Pending(_submit(call, model, view, _sample(model, view)), _predictions(model))
+def _endpoint(rows: Rows, answer: Answer) -> Callable[[Call], Pending]:
+    """A seed endpoint: its rows (the body's, or the sample) and how it answers."""
+
+    def endpoint(call: Call) -> Pending:
+        model, view = _view(call)
+        reply = answer(model, view)  # first: a model without labels is refused at once
+        return Pending(_submit(call, model, view, rows(call, model, view)), reply)
+
+    return endpoint
 
 
-def predict_test_label(call: Call) -> Pending:
-    model, view = _view(call)
-    reply = _labels(model, view)
-    return Pending(_submit(call, model, view, _sample(model, view)), reply)
+predict = _endpoint(_body, _predictions)
+predict_label = _endpoint(_body, _labels)
+predict_test = _endpoint(_sample, _predictions)
+predict_test_label = _endpoint(_sample, _labels)
 
 
 HOT_ROUTES: HotRoutes = {
