@@ -9,7 +9,7 @@ batch to fill beyond `max_delay` (0: it waits for nothing; Triton's dynamic batc
 max_queue_delay).
 
 Where the calls run:
-- on the event loop (`in_thread=False`, small models): the requests that arrive in one
+- on the event loop (`threads=0`, small models): the requests that arrive in one
   turn of the loop share a call, run right after that turn. A thread hand-off would cost
   more than such a model's inference.
 - in threads of their own (`threads` >= 1, models whose inference takes milliseconds):

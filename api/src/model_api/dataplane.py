@@ -143,7 +143,9 @@ class DataPlane:
             "on" if self.batcher.stacking else "off",
             self.batcher.max_rows,
             batching.max_queue_delay_ms,
-            "in its own thread" if in_thread else "on the event loop",
+            f"in {self.settings.inference_threads} thread(s) of its own"
+            if in_thread
+            else "on the event loop",
         )
 
     def close(self) -> None:
