@@ -557,8 +557,9 @@ def compute_bound(args: argparse.Namespace) -> list[str]:
         f"{median['off'] / median['loop1']:.2f}x | {median['off'] / median['loop16']:.0%} |",
         "",
         f"Medians of {args.rounds} rounds, each running the four in turn; the ratios are the "
-        "medians of the rounds' ratios. API_WORKERS=auto and ORT_INTRA_OP_THREADS=auto: "
-        "2 workers x 1 intra-op thread here, the same 2 threads as the loops.",
+        "medians of the rounds' ratios. API_WORKERS=auto and ORT_INTRA_OP_THREADS=auto: for "
+        "this compute-bound model one worker with 2 intra-op threads, the same 2 threads as "
+        "the loops, its calls in a thread of their own (INFERENCE_MODE=auto).",
     ]
 
 
