@@ -35,6 +35,18 @@ logs: ## follow the stack's logs
 ps: ## the stack's containers, the finished loader included
 	$(COMPOSE) ps -a
 
+# --- rollouts (README: "Updating a model") -------------------------------------
+# make rollout MODEL_URI=gs://ml-models/iris_svc/v2/    make rollback
+ROLLOUT_TIMEOUT ?= 180
+ROLLOUT = uv run --frozen python proxy/rollout.py --compose "$(COMPOSE)" --timeout $(ROLLOUT_TIMEOUT)
+.PHONY: rollout rollback
+rollout: venv ## replace the API replicas one by one with MODEL_URI's version (no failed request)
+	@test -n "$(MODEL_URI)" || { echo "usage: make rollout MODEL_URI=gs://bucket/name/version/"; exit 2; }
+	$(ROLLOUT) --model-uri "$(MODEL_URI)"
+
+rollback: venv ## roll out again the version served before the current one
+	$(ROLLOUT) --rollback
+
 # --- models -------------------------------------------------------------------
 .PHONY: model publish
 model: venv ## re-train and re-export models/iris_svc/v1 (reproducible)
