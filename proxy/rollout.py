@@ -144,7 +144,7 @@ class Rollout:
     def remove(self, replicas: list[dict[str, Any]], grace: int) -> None:
         """Stop (drain) and remove; several at once."""
         ids = [c["Id"] for c in replicas]
-        _run(["docker", "stop", "--time", str(grace), *ids])
+        _run(["docker", "stop", "-t", str(grace), *ids])
         _run(["docker", "rm", *ids])
 
     # --- the whole ------------------------------------------------------------------

@@ -127,7 +127,9 @@ def test_a_new_version_replaces_the_old_which_stays_as_previous(tmp_path: Path) 
     load(settings(tmp_path, v3.uri), v3)
     assert published(tmp_path)["model.onnx"] == b"three"
     assert (tmp_path / PREVIOUS).resolve() == v2_dir
-    assert sorted((tmp_path / VERSIONS).iterdir()) == sorted([v2_dir, (tmp_path / CURRENT).resolve()])
+    assert sorted((tmp_path / VERSIONS).iterdir()) == sorted(
+        [v2_dir, (tmp_path / CURRENT).resolve()]
+    )
     assert not os.readlink(tmp_path / PREVIOUS).startswith("/")  # relative, as `current`
 
 
