@@ -58,7 +58,7 @@ publish: venv ## upload a version directory to the running stack's bucket
 	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI)
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup bench-api bench-api-instructions bench-loader
+.PHONY: bench-startup bench-api bench-api-instructions bench-loader bench-proxy
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
@@ -125,6 +125,9 @@ bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (n
 
 bench-api-instructions: venv ## instructions per request, (a) vs /predict, under callgrind (needs wrk, valgrind)
 	uv run --frozen python loadtest/bench_api.py --instructions
+
+bench-proxy: venv ## the API replicas through the proxy vs directly, in-network and from the host (wrk, root) -> loadtest/results/proxy.md
+	uv run --frozen python loadtest/bench_proxy.py --rounds $(or $(RUNS),5)
 
 bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> loadtest/results/loader.md
 	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md

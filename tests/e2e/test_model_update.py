@@ -84,21 +84,28 @@ def test_rollback_returns_to_the_version_served_before(stack: Stack, v2: str) ->
     assert versions_served(stack) == {"v1"}
 
 
-def test_a_failing_loader_aborts_and_the_old_replicas_keep_serving(stack: Stack) -> None:
+def failed_rollout(stack: Stack, model_uri: str) -> str:
+    """A rollout that must fail, under traffic: no request fails, the old replicas (all
+    of them, untouched) answer v1 throughout. Returns the rollout's output."""
     before = {c["Id"] for c in stack.replicas()}
     with Traffic(stack.api) as traffic:
         traffic.wait_for(50)
-        result = stack.rollout("MODEL_URI=gs://ml-models/iris_svc/v404/")
+        result = stack.rollout(f"MODEL_URI={model_uri}")
         traffic.wait_for(50)
     print(f"\n{summary(traffic.answers)}\n{result.stdout}")
     assert result.returncode != 0
     assert [a for a in traffic.answers if a.failure] == []
     assert {a.version for a in traffic.answers} == {"v1"}
+    assert {c["Id"] for c in stack.replicas()} == before
+    return result.stdout
+
+
+def test_a_failing_loader_aborts_and_the_old_replicas_keep_serving(stack: Stack) -> None:
+    out = failed_rollout(stack, "gs://ml-models/iris_svc/v404/")
     # The loader's one line, as it printed it.
-    line = result.stdout.strip().splitlines()[-1]
+    line = out.strip().splitlines()[-1]
     assert "rollout failed: the loader exited 4:" in line
     assert "not found: no objects under gs://ml-models/iris_svc/v404/" in line
-    assert {c["Id"] for c in stack.replicas()} == before
 
 
 def test_a_model_the_api_cannot_serve_aborts_and_the_old_version_is_published_again(
@@ -112,17 +119,9 @@ def test_a_model_the_api_cannot_serve_aborts_and_the_old_version_is_published_ag
     (broken / "model.onnx").write_bytes(b"not an ONNX model")
     (broken / "label.json").write_text('{"0": "setosa", "1": "versicolor", "2": "virginica"}')
     stack.publish(broken, "gs://ml-models/iris_svc/broken/")
-    before = {c["Id"] for c in stack.replicas()}
-    with Traffic(stack.api) as traffic:
-        traffic.wait_for(50)
-        result = stack.rollout("MODEL_URI=gs://ml-models/iris_svc/broken/")
-        traffic.wait_for(50)
-    print(f"\n{summary(traffic.answers)}\n{result.stdout}")
-    assert result.returncode != 0
-    assert [a for a in traffic.answers if a.failure] == []
-    assert "cannot serve the model" in result.stdout
-    assert f"publishing {V1} again" in result.stdout
-    assert {c["Id"] for c in stack.replicas()} == before
+    out = failed_rollout(stack, "gs://ml-models/iris_svc/broken/")
+    assert "cannot serve the model" in out
+    assert f"publishing {V1} again" in out
     assert len(stack.containers()["api"]) == 2  # the failed replica is gone
     current = stack.compose("exec", "-T", "api", "cat", "/models/current/manifest.json").stdout
     assert f'"source_uri": "{V1}"' in current
