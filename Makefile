@@ -35,6 +35,18 @@ logs: ## follow the stack's logs
 ps: ## the stack's containers, the finished loader included
 	$(COMPOSE) ps -a
 
+# --- rollouts (README: "Updating a model") -------------------------------------
+# make rollout MODEL_URI=gs://ml-models/iris_svc/v2/    make rollback
+ROLLOUT_TIMEOUT ?= 180
+ROLLOUT = uv run --frozen python proxy/rollout.py --compose "$(COMPOSE)" --timeout $(ROLLOUT_TIMEOUT)
+.PHONY: rollout rollback
+rollout: venv ## replace the API replicas one by one with MODEL_URI's version (no failed request)
+	@test -n "$(MODEL_URI)" || { echo "usage: make rollout MODEL_URI=gs://bucket/name/version/"; exit 2; }
+	$(ROLLOUT) --model-uri "$(MODEL_URI)"
+
+rollback: venv ## roll out again the version served before the current one
+	$(ROLLOUT) --rollback
+
 # --- models -------------------------------------------------------------------
 .PHONY: models bench-models publish keys
 models: venv ## rebuild the committed models: iris_svc and the zoo (models/README.md), byte for byte
@@ -63,7 +75,7 @@ keys: ## an ECDSA P-256 key pair for signing models: $(KEYS_DIR)/model-signing.{
 	@echo "verify: MODEL_VERIFY_KEY=$(KEYS_DIR)/model-signing.pub docker compose up -d --wait"
 
 # --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup bench-api bench-api-instructions bench-loader bench-onnx
+.PHONY: bench-startup bench-api bench-api-instructions bench-loader bench-onnx bench-proxy
 bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
 	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
@@ -135,6 +147,9 @@ bench-api-instructions: venv ## instructions per request, (a) vs /predict, under
 BENCH_MODEL ?= $(BENCH_MODELS_DIR)/mlp_bench/v1/model.onnx
 bench-onnx: venv ## the plain onnxruntime loop on BENCH_MODEL: ms/run, rows/s at batch 1, 16 -> loadtest/results/onnx_loop.md
 	uv run --frozen python loadtest/bench_onnx.py $(BENCH_MODEL) --out loadtest/results/onnx_loop.md
+
+bench-proxy: venv ## the API replicas through the proxy vs directly, in-network and from the host (wrk, root) -> loadtest/results/proxy.md
+	uv run --frozen python loadtest/bench_proxy.py --rounds $(or $(RUNS),5)
 
 bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> loadtest/results/loader.md
 	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md

@@ -52,13 +52,17 @@ def timestamps(env: dict[str, str]) -> dict[str, dict[str, datetime]]:
         capture_output=True,
         text=True,
     ).stdout.split()
-    out = {}
+    out: dict[str, dict[str, datetime]] = {}
     for c in json.loads(subprocess.check_output(["docker", "inspect", *ids])):
         state = c["State"]
-        out[c["Config"]["Labels"]["com.docker.compose.service"]] = {
+        times = {
             k: datetime.fromisoformat(state[k][:26].rstrip("Z"))
             for k in ("StartedAt", "FinishedAt")
         }
+        # A service with replicas (api): the first one to start.
+        service = c["Config"]["Labels"]["com.docker.compose.service"]
+        if service not in out or times["StartedAt"] < out[service]["StartedAt"]:
+            out[service] = times
     return out
 
 

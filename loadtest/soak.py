@@ -5,9 +5,10 @@
 
 Starts its own compose project (own name, free host ports; a stack you have running is
 left alone), waits until the API is ready, then runs the traffic of locustfile.py headless
-at --users for --duration seconds while sampling the API container's memory every
---sample-seconds: the resident set (RSS) of every process in the container, summed, from
-`docker top`. Afterwards it prints, and with --report writes as Markdown:
+at --users for --duration seconds (through the proxy, as a user's traffic) while sampling
+the API replicas' memory every --sample-seconds: the resident set (RSS) of every process
+in the replicas' containers, summed, from `docker top`. Afterwards it prints, and with
+--report writes as Markdown:
 
 - requests, failures, req/s, p50/p99 over the whole run (locust's stats CSV);
 - p99 over time: per minute, the highest of locust's rolling p99 (locust's history CSV
@@ -72,8 +73,8 @@ class Compose:
             )
         return result.stdout
 
-    def container(self, service: str) -> str:
-        return self("ps", "-q", service).strip()
+    def containers(self, service: str) -> list[str]:
+        return self("ps", "-q", service).split()
 
 
 HEALTHCHECK_MARK = "urllib.request"  # compose's healthcheck: a python3 -c living ~0.1 s
@@ -103,9 +104,9 @@ class Sample:
 
 
 class RssSampler(threading.Thread):
-    def __init__(self, container: str, every: float) -> None:
+    def __init__(self, containers: list[str], every: float) -> None:
         super().__init__(daemon=True)
-        self.container, self.every = container, every
+        self.containers, self.every = containers, every
         self.samples: list[Sample] = []
         self.started = time.monotonic()
         self._halt = threading.Event()
@@ -113,7 +114,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                rss = container_rss_bytes(self.container)
+                rss = sum(container_rss_bytes(c) for c in self.containers)
             except subprocess.CalledProcessError:
                 rss = 0  # the container went away: shows as a zero in the series
             self.samples.append(Sample(time.monotonic() - self.started, rss))
@@ -211,17 +212,19 @@ def main() -> int:
     try:
         compose("up", "-d", "--wait", "--wait-timeout", "180")
         wait_ready(f"{host}/ready")
-        api = compose.container("api")
-        top = subprocess.check_output(["docker", "top", api, "-o", "pid,args"], text=True)
+        replicas = compose.containers("api")
         workers = [
             " ".join(line.split()[1:])[:60]
-            for line in top.splitlines()[1:]
+            for api in replicas
+            for line in subprocess.check_output(
+                ["docker", "top", api, "-o", "pid,args"], text=True
+            ).splitlines()[1:]
             if HEALTHCHECK_MARK not in line
         ]
-        idle_rss = container_rss_bytes(api)
+        idle_rss = sum(container_rss_bytes(api) for api in replicas)
         load_before = os.getloadavg()
         started_at = datetime.now(UTC)
-        sampler = RssSampler(api, args.sample_seconds)
+        sampler = RssSampler(replicas, args.sample_seconds)
         sampler.start()
         with (out / "locust.log").open("w") as log:
             locust = subprocess.run(
@@ -255,9 +258,12 @@ def main() -> int:
             )
         sampler.stop()
         load_after = os.getloadavg()
-        restarts = subprocess.check_output(
-            ["docker", "inspect", "--format", "{{.RestartCount}}", api], text=True
-        ).strip()
+        restarts = sum(
+            int(count)
+            for count in subprocess.check_output(
+                ["docker", "inspect", "--format", "{{.RestartCount}}", *replicas], text=True
+            ).split()
+        )
     finally:
         compose("down", "-v", "--remove-orphans")
 
@@ -285,8 +291,8 @@ def main() -> int:
         problems.append(
             f"RSS grew {growth / MIB:.1f} MiB, above the noise bound of {bound / MIB:.1f} MiB"
         )
-    if restarts != "0":
-        problems.append(f"the API container restarted {restarts} times")
+    if restarts:
+        problems.append(f"the API replicas restarted {restarts} times")
     summary = (
         f"soak {'FAILED: ' + '; '.join(problems) if problems else 'held'}: "
         f"{args.users} users for {args.duration} s, {requests} requests, {failures} failures, "
@@ -323,7 +329,7 @@ def report(
     idle, start, end, peak, bound = (v / MIB for v in rss)
     started_at, load_before, load_after, processes = run
     lines = [
-        "# Soak: one API container under steady load (development machine, shared)",
+        "# Soak: the API replicas under steady load (development machine, shared)",
         "",
         f"**{summary}.**",
         "",
@@ -336,14 +342,14 @@ def report(
         "```",
         "",
         f"- Started {started_at:%Y-%m-%d %H:%M} UTC. The compose stack as shipped "
-        "(compose.yaml defaults: `API_WORKERS=auto`, access log on, 512 MiB memory limit), "
-        f"{len(processes)} processes in the API container: "
+        "(compose.yaml defaults: 2 replicas of 1 CPU behind the proxy, `API_WORKERS=auto`, "
+        f"access log on, 512 MiB memory limit), {len(processes)} processes in the replicas: "
         + "; ".join(f"`{p}`" for p in processes)
         + ".",
         f"- locust (`locustfile.py`, think time 0.1 s) on the same host at {args.users} users, "
         "about 70% of the 192 users one API container held in the capacity run "
-        "(`capacity.md`), over the published port on 127.0.0.1; every answer checked.",
-        f"- RSS: the summed resident set of the container's processes (`docker top`), every "
+        "(`capacity.md`), through the proxy's port on 127.0.0.1; every answer checked.",
+        f"- RSS: the summed resident set of the replicas' processes (`docker top`), every "
         f"{args.sample_seconds:g} s. *Start* is the first sample after {args.warmup_seconds:g} s "
         "of load (the first requests allocate buffers and arenas once), *end* the last one. "
         f"Noise bound: growth up to {args.rss_bound_mib:g} MiB + {args.rss_bound_percent:g}% "
@@ -376,7 +382,7 @@ def report(
             for m in minutes
         ),
         "",
-        "## API container RSS",
+        "## API replicas RSS (summed)",
         "",
         "| idle (ready, no load) | start | end | growth | peak | noise bound |",
         "|---:|---:|---:|---:|---:|---:|",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-import time
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -28,43 +29,89 @@ def test_seed_predictions_through_the_published_port(stack: Stack) -> None:
     assert metadata["source_uri"] == "gs://ml-models/iris_svc/v1/"
 
 
-def test_v2_and_metrics_in_the_hardened_container(stack: Stack) -> None:
-    """The default worker count (the container's CPUs) with a read-only root: the
-    metrics of all workers are summed from files in the /tmp tmpfs."""
-    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
-    for _ in range(10):
-        response = httpx.post(f"{stack.api}/v2/models/iris_svc/versions/v1/infer", json=body)
-        assert response.status_code == 200 and response.headers["x-model-version"] == "v1"
-    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
-    assert outputs["label"] == [0] and outputs["probabilities"][0] > 0.9
+# Run inside a replica's container (python3, no client library): wait until ready,
+# send V2 inferences on new connections (the kernel spreads them over the workers), then
+# scrape /metrics until all of them are counted; print both as JSON.
+IN_CONTAINER = """
+import json, sys, time, urllib.request
+base, count, flush = "http://127.0.0.1:8000", 10, float(sys.argv[1])
+deadline = time.monotonic() + 60
+while True:
+    try:
+        if urllib.request.urlopen(base + "/ready", timeout=2).status == 200:
+            break
+    except OSError:
+        pass
+    assert time.monotonic() < deadline, "not ready within 60 s"
+    time.sleep(0.2)
+body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                               "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
+answers = []
+for _ in range(count):
+    request = urllib.request.Request(base + "/v2/models/iris_svc/versions/v1/infer", body,
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        outputs = {o["name"]: o["data"] for o in json.load(r)["outputs"]}
+        answers.append([r.status, r.headers["x-model-version"], outputs["probabilities"][0] > 0.9])
+line = 'http_requests_total{method="POST",route="/v2/models/{name}/versions/{version}/infer",'
+deadline = time.monotonic() + 20 * flush
+while True:
+    metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    if line + 'status="200"} %d.0' % count in metrics or time.monotonic() > deadline:
+        break
+    time.sleep(flush / 2)
+print(json.dumps({"answers": answers, "metrics": metrics}))
+"""
+
+
+def test_v2_and_metrics_of_several_workers_in_the_hardened_container(stack: Stack) -> None:
+    """A replica given two CPUs runs two workers (API_WORKERS=auto); with a read-only
+    root their metrics are summed from files in the /tmp tmpfs. Tried in a one-off
+    container of the api service (`compose run`: its image, settings and hardening; not
+    in the proxy's rotation) with API_WORKERS=2."""
+    name = f"{stack.project}-two-workers"
+    stack.compose("run", "-d", "--no-deps", "--name", name, "-e", "API_WORKERS=2", "api")
+    try:
+        result = subprocess.run(
+            ["docker", "exec", name, "python3", "-c", IN_CONTAINER, str(FLUSH_SECONDS)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        top = subprocess.run(
+            ["docker", "top", name, "-o", "pid,args"], capture_output=True, text=True
+        ).stdout
+    finally:
+        subprocess.run(["docker", "rm", "--force", name], capture_output=True)
+    assert out["answers"] == [[200, "v1", True]] * 10  # setosa, with p > 0.9
     line = 'http_requests_total{method="POST",route="/v2/models/{name}/versions/{version}/infer"'
-    # A worker adds its requests to the shared files within FLUSH_SECONDS; the one
-    # answering the scrape at once.
-    deadline = time.monotonic() + 20 * FLUSH_SECONDS
-    metrics = httpx.get(f"{stack.api}/metrics").text
-    while f'{line},status="200"}} 10.0' not in metrics and time.monotonic() < deadline:
-        time.sleep(FLUSH_SECONDS / 2)
-        metrics = httpx.get(f"{stack.api}/metrics").text
-    assert f'{line},status="200"}} 10.0' in metrics
-    info = [x for x in metrics.splitlines() if x.startswith("model_info{")]
+    assert f'{line},status="200"}} 10.0' in out["metrics"]
+    info = [x for x in out["metrics"].splitlines() if x.startswith("model_info{")]
     assert len(info) == 1 and 'name="iris_svc"' in info[0] and 'version="v1"' in info[0]
+    assert top.count("--multiprocessing-fork") == 2, top  # the two workers
 
 
 def test_loader_ran_once_and_exited_zero_before_the_api_started(stack: Stack) -> None:
     containers = stack.containers()
-    loader, api = containers["loader"]["State"], containers["api"]["State"]
+    (loader,) = (c["State"] for c in containers["loader"])
+    replicas = [c["State"] for c in containers["api"]]
     assert loader["Status"] == "exited" and loader["ExitCode"] == 0
-    assert api["Status"] == "running" and api["Health"]["Status"] == "healthy"
-    assert loader["FinishedAt"] <= api["StartedAt"]
+    assert len(replicas) == 2  # API_REPLICAS' default
+    for api in replicas:
+        assert api["Status"] == "running" and api["Health"]["Status"] == "healthy"
+        assert loader["FinishedAt"] <= api["StartedAt"]
+    (proxy,) = (c["State"] for c in containers["proxy"])
+    assert proxy["Health"]["Status"] == "healthy"
+    assert min(api["StartedAt"] for api in replicas) <= proxy["StartedAt"]
 
 
 def test_the_api_mounts_the_model_volume_read_only_and_runs_unprivileged(stack: Stack) -> None:
-    api = stack.containers()["api"]
-    mounts = {m["Destination"]: m for m in api["Mounts"]}
-    assert mounts["/models"]["Type"] == "volume" and mounts["/models"]["RW"] is False
-    assert api["Config"]["User"] == "10001:10001"
-    assert api["HostConfig"]["ReadonlyRootfs"] is True
-    assert api["HostConfig"]["CapDrop"] == ["ALL"]
+    for api in stack.replicas():
+        mounts = {m["Destination"]: m for m in api["Mounts"]}
+        assert mounts["/models"]["Type"] == "volume" and mounts["/models"]["RW"] is False
+        assert api["Config"]["User"] == "10001:10001"
+        assert api["HostConfig"]["ReadonlyRootfs"] is True
+        assert api["HostConfig"]["CapDrop"] == ["ALL"]
     write = stack.compose(
         "exec",
         "-T",
@@ -75,7 +122,8 @@ def test_the_api_mounts_the_model_volume_read_only_and_runs_unprivileged(stack: 
         check=False,
     )
     assert write.returncode != 0 and "Read-only file system" in write.stderr
-    ports = api["NetworkSettings"]["Ports"]["8000/tcp"]
+    # Only the proxy publishes the API's port, on 127.0.0.1.
+    ports = stack.inspect("proxy")["NetworkSettings"]["Ports"]["8000/tcp"]
     assert [p["HostIp"] for p in ports] == ["127.0.0.1"]
 
 
@@ -120,9 +168,10 @@ def test_a_missing_model_fails_up_and_the_api_never_starts(built_images: None) -
         assert result.returncode != 0
         assert "didn't complete successfully" in result.stderr
         containers = stack.containers()
-        assert containers["loader"]["State"]["ExitCode"] == 4
-        assert containers["api"]["State"]["Status"] == "created"
-        assert containers["api"]["State"]["StartedAt"].startswith("0001-01-01")
+        assert stack.inspect("loader")["State"]["ExitCode"] == 4
+        for api in [*containers["api"], *containers["proxy"]]:
+            assert api["State"]["Status"] == "created"
+            assert api["State"]["StartedAt"].startswith("0001-01-01")
         logs = stack.compose("logs", "--no-color", "loader").stdout
         assert "not found: no objects under gs://ml-models/iris_svc/v404/" in logs
         assert "Traceback" not in logs

@@ -1,104 +1,127 @@
-"""A model update and its rollback on the running compose stack, with traffic flowing:
-which version answered each request, before, during and after `up -d --wait`."""
+"""Model updates on the running compose stack, with steady traffic through the proxy:
+`make rollout` v1 -> v2 -> v1 (and `make rollback`) fails no request, and versions that
+cannot be served abort the rollout with the old replicas serving."""
 
 from __future__ import annotations
 
-import threading
+import re
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import pytest
 
-from tests.conftest import SETOSA
 from tests.e2e.conftest import Stack
+from tests.e2e.traffic import Traffic, summary
 
 pytestmark = pytest.mark.docker
 
-
-@dataclass(frozen=True)
-class Answer:
-    sent: float
-    took: float
-    version: str | None  # X-Model-Version of a 200, None for a failure
+V1 = "gs://ml-models/iris_svc/v1/"
+V2 = "gs://ml-models/iris_svc/v2/"
 
 
-class Traffic(threading.Thread):
-    """One client posting /predict back to back, recording every answer's version."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.answers: list[Answer] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self._halt.is_set():
-                sent = time.monotonic()
-                try:
-                    response = client.post(f"{self.url}/predict", json={"data": [SETOSA]})
-                    version = (
-                        response.headers.get("x-model-version", "missing")
-                        if response.status_code == 200
-                        else None
-                    )
-                except httpx.HTTPError:
-                    version = None
-                self.answers.append(Answer(sent, time.monotonic() - sent, version))
-                if version is None:
-                    time.sleep(0.02)
-
-    def stop(self) -> list[Answer]:
-        self._halt.set()
-        self.join()
-        return self.answers
+@pytest.fixture(scope="module")
+def v2(stack: Stack, tmp_path_factory: pytest.TempPathFactory, train_module: ModuleType) -> str:
+    src = tmp_path_factory.mktemp("v2")
+    train_module.export(src, svc_c=0.3)
+    stack.publish(src, V2)
+    return V2
 
 
-def switch(stack: Stack, model_uri: str, old: str, new: str) -> None:
-    """`up -d --wait` to model_uri under traffic; every answer once it returned is new."""
-    traffic = Traffic(stack.api)
-    traffic.start()
-    time.sleep(1)
-    began = time.monotonic()
-    stack.compose("up", "-d", "--wait", "--wait-timeout", "120", MODEL_URI=model_uri)
-    returned = time.monotonic()
-    time.sleep(2)
-    answers = traffic.stop()
+def versions_served(stack: Stack) -> set[str]:
+    """What the replicas answer, asked through the proxy often enough to reach each."""
+    with httpx.Client(base_url=stack.api, timeout=10) as client:
+        return {client.get("/ready").json()["model_version"] for _ in range(20)}
 
+
+def roll(stack: Stack, old: str, new: str, *make_args: str) -> float:
+    """Roll out under traffic; every answer must succeed with one version, the old one
+    before, only the new one once the rollout returned. Returns its duration."""
+    with Traffic(stack.api) as traffic:
+        traffic.wait_for(100)
+        began = time.monotonic()
+        result = stack.rollout(*make_args)
+        returned = time.monotonic()
+        traffic.wait_for(100)
+    answers = traffic.answers
     before = [a for a in answers if a.sent < began]
     during = [a for a in answers if began <= a.sent < returned]
     after = [a for a in answers if a.sent >= returned]
-    failed = [a for a in answers if a.version is None]
-    old_last = max(a.sent + a.took for a in answers if a.version == old)
-    new_first = min(a.sent + a.took for a in answers if a.version == new)
     print(
-        f"\n{old} -> {new}: `up -d --wait` took {returned - began:.1f} s; answers before "
-        f"{dict(Counter(a.version for a in before))}, during "
-        f"{dict(Counter(a.version for a in during))}, after "
-        f"{dict(Counter(a.version for a in after))}; no answer for "
-        f"{new_first - old_last:.2f} s; {len(failed)} requests failed, slowest failure "
-        f"{max((a.took for a in failed), default=0):.3f} s"
+        f"\n{old} -> {new}: `make {'rollout' if make_args else 'rollback'}` took "
+        f"{returned - began:.1f} s; {summary(answers)}; during: "
+        f"{dict(Counter(a.version for a in during))}\n{result.stdout}"
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [a for a in answers if a.failure] == []
     assert {a.version for a in before} == {old}
-    assert len(after) >= 20 and {a.version for a in after} == {new}, Counter(
-        a.version for a in after
-    )
-    versions = [a.version for a in answers if a.version is not None]
-    assert versions == sorted(versions, key=lambda v: v == new), "an old answer after a new one"
-    assert max((a.took for a in failed), default=0) < 5, "a request hung during the switch"
+    assert {a.version for a in during} <= {old, new}
+    assert len(after) >= 100 and {a.version for a in after} == {new}
+    assert re.search(rf"done: 2 replicas serve iris_svc {new} ", result.stdout), result.stdout
+    return returned - began
 
 
-def test_update_and_rollback_under_traffic(
-    stack: Stack, tmp_path: Path, train_module: ModuleType
+def test_rollout_and_back_fail_no_request(stack: Stack, v2: str) -> None:
+    before = {c["Id"] for c in stack.replicas()}
+    roll(stack, "v1", "v2", f"MODEL_URI={v2}")
+    replicas = stack.replicas()
+    assert len(replicas) == 2 and not before & {c["Id"] for c in replicas}
+    assert all(c["State"]["Health"]["Status"] == "healthy" for c in replicas)
+    assert versions_served(stack) == {"v2"}
+    # The proxy routes to the two new replicas (a removed one's address lingers, DOWN,
+    # for the resolver's `hold obsolete`).
+    assert stack.routed() == stack.replica_addresses()
+
+    roll(stack, "v2", "v1", f"MODEL_URI={V1}")
+    assert versions_served(stack) == {"v1"}
+
+
+def test_rollback_returns_to_the_version_served_before(stack: Stack, v2: str) -> None:
+    roll(stack, "v1", "v2", f"MODEL_URI={v2}")
+    roll(stack, "v2", "v1")  # make rollback: `previous` on the volume is v1
+    assert versions_served(stack) == {"v1"}
+
+
+def failed_rollout(stack: Stack, model_uri: str) -> str:
+    """A rollout that must fail, under traffic: no request fails, the old replicas (all
+    of them, untouched) answer v1 throughout. Returns the rollout's output."""
+    before = {c["Id"] for c in stack.replicas()}
+    with Traffic(stack.api) as traffic:
+        traffic.wait_for(50)
+        result = stack.rollout(f"MODEL_URI={model_uri}")
+        traffic.wait_for(50)
+    print(f"\n{summary(traffic.answers)}\n{result.stdout}")
+    assert result.returncode != 0
+    assert [a for a in traffic.answers if a.failure] == []
+    assert {a.version for a in traffic.answers} == {"v1"}
+    assert {c["Id"] for c in stack.replicas()} == before
+    return result.stdout
+
+
+def test_a_failing_loader_aborts_and_the_old_replicas_keep_serving(stack: Stack) -> None:
+    out = failed_rollout(stack, "gs://ml-models/iris_svc/v404/")
+    # The loader's one line, as it printed it.
+    line = out.strip().splitlines()[-1]
+    assert "rollout failed: the loader exited 4:" in line
+    assert "not found: no objects under gs://ml-models/iris_svc/v404/" in line
+
+
+def test_a_model_the_api_cannot_serve_aborts_and_the_old_version_is_published_again(
+    stack: Stack, tmp_path: Path
 ) -> None:
-    train_module.export(tmp_path / "v2", svc_c=0.3)
-    stack.publish(tmp_path / "v2", "gs://ml-models/iris_svc/v2/")
-
-    switch(stack, "gs://ml-models/iris_svc/v2/", "v1", "v2")
-    assert httpx.get(f"{stack.api}/ready").json()["model_version"] == "v2"
-    switch(stack, "gs://ml-models/iris_svc/v1/", "v2", "v1")
-    assert httpx.get(f"{stack.api}/ready").json()["model_version"] == "v1"
+    """The loader accepts it (checksums match, required files present); the API cannot
+    load it (exit 3): the new replica is removed, no old one was touched, and `current`
+    on the volume is the served version again, so a restarted old replica serves it."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an ONNX model")
+    (broken / "label.json").write_text('{"0": "setosa", "1": "versicolor", "2": "virginica"}')
+    stack.publish(broken, "gs://ml-models/iris_svc/broken/")
+    out = failed_rollout(stack, "gs://ml-models/iris_svc/broken/")
+    assert "cannot serve the model" in out
+    assert f"publishing {V1} again" in out
+    assert len(stack.containers()["api"]) == 2  # the failed replica is gone
+    current = stack.compose("exec", "-T", "api", "cat", "/models/current/manifest.json").stdout
+    assert f'"source_uri": "{V1}"' in current

@@ -1,10 +1,17 @@
 """compose.yaml and the minikube overlay describe the same pod: a change to one that
 forgets the other fails here. Compose is read through `docker compose config` (the real
-interpolation, at the defaults a fresh checkout gets)."""
+interpolation, at the defaults a fresh checkout gets).
+
+Around the pod, Compose emulates what Kubernetes does natively, and the two must agree:
+the proxy (proxy/haproxy.cfg) is the Service and its readiness gating, API_REPLICAS the
+HPA's minimum, `make rollout` the Deployment's RollingUpdate (x-rollout), the API's
+drain and the proxy's probe the pod's preStop and termination grace period.
+"""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,9 @@ PAIRS = {
     "api": ("model-load-api", "api"),
     "fake-gcs": ("fake-gcs", "fake-gcs"),
 }
+# compose services that stand for what Kubernetes provides itself -> that object.
+NATIVE = {"proxy": ("Service", "model-load-api")}
+HAPROXY_CFG = ROOT / "proxy" / "haproxy.cfg"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +61,95 @@ def env_of(docs: list[Doc], c: Doc) -> dict[str, str]:
 
 
 def test_every_compose_service_has_its_container(compose: dict[str, Doc]) -> None:
-    assert set(compose) == set(PAIRS)
+    assert set(compose) == set(PAIRS) | set(NATIVE)
+
+
+def haproxy(keyword: str) -> list[list[str]]:
+    """The lines of proxy/haproxy.cfg that start with `keyword`, split into words."""
+    lines = [line.split("#", 1)[0].strip() for line in HAPROXY_CFG.read_text().splitlines()]
+    return [shlex.split(line) for line in lines if line.split(" ", 1)[0] == keyword]
+
+
+def server_option(name: str) -> str:
+    """A default-server option's value in proxy/haproxy.cfg."""
+    words = [w for line in haproxy("default-server") for w in line[1:]]
+    return words[words.index(name) + 1]
+
+
+def seconds(duration: str) -> float:
+    """HAProxy's ("500ms", "2s") or Compose's ("30s", "1m30s") durations."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|s|m|h)", duration))
+
+
+def test_the_proxy_is_the_service_in_front_of_ready_replicas(
+    compose: dict[str, Doc], minikube: list[Doc]
+) -> None:
+    """Same port for clients, traffic to the API's port, routed by the readiness probe's
+    endpoint; the replicas themselves publish nothing (on k8s: no hostPort)."""
+    service = find(minikube, *NATIVE["proxy"])
+    (port,) = service["spec"]["ports"]
+    api = container(minikube, "api")
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert {p["target"] for p in compose["proxy"]["ports"]} == {port["port"]}
+    assert all(p["host_ip"] == "127.0.0.1" for p in compose["proxy"]["ports"])
+    assert "ports" not in compose["api"]
+    assert not any("hostPort" in p for p in api["ports"])
+    (template,) = haproxy("server-template")
+    assert template[3] == f"api:{ports[port['targetPort']]}"
+    assert haproxy("bind")[0][1] == f":{port['port']}"
+    (check,) = [line for line in haproxy("option") if line[1] == "httpchk"]
+    assert check[2:] == ["GET", api["readinessProbe"]["httpGet"]["path"]]
+    # Hardened as the services around it.
+    for key in ("user", "read_only", "cap_drop", "security_opt"):
+        assert compose["proxy"][key] == compose["api"][key], key
+
+
+def test_replicas_and_their_cpu_as_the_hpa_minimum_and_the_pod_limit(
+    compose: dict[str, Doc], minikube: list[Doc]
+) -> None:
+    hpa = find(minikube, "HorizontalPodAutoscaler", "model-load-api")
+    api = container(minikube, "api")
+    assert compose["api"]["deploy"]["replicas"] == hpa["spec"]["minReplicas"]
+    assert float(compose["api"]["deploy"]["resources"]["limits"]["cpus"]) == float(
+        api["resources"]["limits"]["cpu"]
+    )
+    # Room in the proxy for the most replicas the HPA makes, plus a rollout's surge.
+    (template,) = haproxy("server-template")
+    surge = compose_config()["x-rollout"]["max_surge"]
+    assert int(template[2]) >= hpa["spec"]["maxReplicas"] + surge
+
+
+def test_the_rollout_is_the_deployments_rolling_update(minikube: list[Doc]) -> None:
+    strategy = find(minikube, "Deployment", "model-load-api")["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    rolling = strategy["rollingUpdate"]
+    assert compose_config()["x-rollout"] == {
+        "max_surge": rolling["maxSurge"],
+        "max_unavailable": rolling["maxUnavailable"],
+    }
+
+
+def test_drain_timings_agree(compose: dict[str, Doc], minikube: list[Doc]) -> None:
+    """A replica told to stop answers /ready with 503 but serves for API_DRAIN_SECONDS.
+    Kubernetes takes the pod out of the Service meanwhile (preStop holds SIGTERM back
+    while the endpoint is removed); the proxy takes it out by its probe, which must fail
+    `fall` times well within the drain. Both wait as long for the process to end."""
+    spec = pod_spec(find(minikube, "Deployment", "model-load-api"))
+    drain = float(compose["api"]["environment"]["API_DRAIN_SECONDS"])
+    assert seconds(compose["api"]["stop_grace_period"]) == spec["terminationGracePeriodSeconds"]
+    # The next probe comes within `inter`, the following ones `fastinter` apart: `fall`
+    # failed probes later the replica is out. Half the drain, at most: room for probes
+    # answered slowly on a busy machine.
+    fall = int(server_option("fall"))
+    worst = seconds(server_option("inter")) + (fall - 1) * seconds(server_option("fastinter"))
+    assert worst <= drain / 2, f"the proxy may take {worst} s to notice a {drain} s drain"
+    # The grace period covers the preStop wait, the drain and in-flight requests.
+    pre_stop = container(minikube, "api")["lifecycle"]["preStop"]["exec"]["command"]
+    assert (
+        pre_stop[0] == "sleep"
+        and float(pre_stop[1]) + drain < spec["terminationGracePeriodSeconds"]
+    )
 
 
 @pytest.mark.parametrize("service", ["loader", "api"])
@@ -119,9 +217,11 @@ def test_same_probe_endpoints(compose: dict[str, Doc], minikube: list[Doc]) -> N
     for probe in ("startupProbe", "readinessProbe"):
         get = api[probe]["httpGet"]
         assert (ports.get(get["port"], get["port"]), get["path"]) == (int(match[1]), match[2])
-    # The port compose publishes is the one the container declares.
-    published = {p["target"] for p in compose["api"]["ports"]}
-    assert published == set(ports.values())
+    # The port the proxy forwards to is the one the container declares.
+    (template,) = haproxy("server-template")
+    assert {int(template[3].rsplit(":", 1)[1])} == set(ports.values())
+    # Compose's proxy waits for the replicas the same way: their healthcheck.
+    assert compose["proxy"]["depends_on"]["api"]["condition"] == "service_healthy"
     gcs_published = {p["target"] for p in compose["fake-gcs"]["ports"]}
     assert gcs_published == {p["containerPort"] for p in container(minikube, "fake-gcs")["ports"]}
 
@@ -138,7 +238,7 @@ def test_real_gcs_gives_a_key_to_the_loader_alone_in_both(tmp_path: Path) -> Non
     env = {"GCS_CREDENTIALS_FILE": "/dev/null", "MODEL_URI": "gs://bucket/name/v1/"}
     compose = compose_config(ROOT / "compose.gcs.yaml", **env)["services"]
     docs = with_key_secret(tmp_path)
-    assert set(compose) == {"loader", "api"}
+    assert set(compose) == {"loader", "api", "proxy"}
     assert not [d for d in docs if d["metadata"]["name"].startswith("fake-gcs")]
 
     loader_env = compose["loader"]["environment"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,14 @@ import pytest
 
 from model_loader.config import LoaderSettings
 from model_loader.errors import DestinationError, IntegrityError, ObjectNotFoundError
-from model_loader.publish import CURRENT, STAGING_PREFIX, VERSIONS, load, read_manifest
+from model_loader.publish import (
+    CURRENT,
+    PREVIOUS,
+    STAGING_PREFIX,
+    VERSIONS,
+    load,
+    read_manifest,
+)
 from model_loader.sources.base import RemoteObject
 from model_loader.sources.file import FileSource
 from tests.conftest import MODEL_V1
@@ -107,13 +115,41 @@ def test_second_run_with_an_unchanged_source_downloads_nothing(tmp_path: Path) -
     assert again.downloads == []
 
 
-def test_a_new_version_replaces_the_old_and_prunes_it(tmp_path: Path) -> None:
+def test_a_new_version_replaces_the_old_which_stays_as_previous(tmp_path: Path) -> None:
+    """Replicas started before the publish still serve the old version (a rollout), and a
+    rollback reads where to go back to from `previous`; anything older is pruned."""
+    v1 = FakeSource("gs://b/m/v1/", {"model.onnx": b"one"})
+    v2 = FakeSource("gs://b/m/v2/", {"model.onnx": b"two"})
+    v3 = FakeSource("gs://b/m/v3/", {"model.onnx": b"three"})
+    load(settings(tmp_path, v1.uri), v1)
+    assert not (tmp_path / PREVIOUS).exists()
+    v1_dir = (tmp_path / CURRENT).resolve()
+
+    load(settings(tmp_path, v2.uri), v2)
+    assert published(tmp_path)["model.onnx"] == b"two"
+    assert (tmp_path / PREVIOUS).resolve() == v1_dir
+    assert (v1_dir / "model.onnx").read_bytes() == b"one"
+    assert read_manifest(tmp_path / PREVIOUS)["source_uri"] == v1.uri  # type: ignore[index]
+    assert len(list((tmp_path / VERSIONS).iterdir())) == 2
+
+    v2_dir = (tmp_path / CURRENT).resolve()
+    load(settings(tmp_path, v3.uri), v3)
+    assert published(tmp_path)["model.onnx"] == b"three"
+    assert (tmp_path / PREVIOUS).resolve() == v2_dir
+    assert sorted((tmp_path / VERSIONS).iterdir()) == sorted(
+        [v2_dir, (tmp_path / CURRENT).resolve()]
+    )
+    assert not os.readlink(tmp_path / PREVIOUS).startswith("/")  # relative, as `current`
+
+
+def test_an_unchanged_source_leaves_current_and_previous_alone(tmp_path: Path) -> None:
     v1 = FakeSource("gs://b/m/v1/", {"model.onnx": b"one"})
     v2 = FakeSource("gs://b/m/v2/", {"model.onnx": b"two"})
     load(settings(tmp_path, v1.uri), v1)
     load(settings(tmp_path, v2.uri), v2)
-    assert published(tmp_path)["model.onnx"] == b"two"
-    assert len(list((tmp_path / VERSIONS).iterdir())) == 1
+    links = {n: os.readlink(tmp_path / n) for n in (CURRENT, PREVIOUS)}
+    assert load(settings(tmp_path, v2.uri), v2).status == "up-to-date"
+    assert {n: os.readlink(tmp_path / n) for n in (CURRENT, PREVIOUS)} == links
 
 
 def test_failure_mid_download_keeps_the_previous_version_and_leaves_no_litter(

@@ -3,6 +3,9 @@
 Layout of MODEL_DIR (an emptyDir in Kubernetes, a named volume in Compose):
 
     current -> versions/<id>          the one the API reads; swapped with rename(2)
+    previous -> versions/<id>         the one `current` named before the last publish,
+                                      kept for replicas still serving it (a rollout)
+                                      and for a rollback to know where it goes
     versions/<id>/model.onnx ...      a complete, verified copy of the source
     versions/<id>/manifest.json       what was loaded: source, generations, checksums,
                                       and the verified signature's signer (if signed)
@@ -10,7 +13,8 @@ Layout of MODEL_DIR (an emptyDir in Kubernetes, a named volume in Compose):
 
 A reader sees the old version or the new one, never a mix: files land in a staging
 directory on the same filesystem, are verified and fsynced, the directory is renamed
-into versions/ and only then `current` is replaced by a symlink rename.
+into versions/ and only then `current` is replaced by a symlink rename. Older versions
+than `previous` are removed.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CURRENT = "current"
+PREVIOUS = "previous"
 VERSIONS = "versions"
 STAGING_PREFIX = ".staging-"
 MANIFEST_FORMAT = 1
@@ -146,7 +151,7 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    _prune(model_dir, keep=target.name)
+    _prune(model_dir, keep={target.name, (model_dir / PREVIOUS).resolve().name})
     log.info(
         "published %s %s (%d files, %d bytes) in %.2f s (%.1f MB/s) -> %s",
         name,
@@ -402,16 +407,24 @@ def _commit(model_dir: Path, staging: Path, name: str, version: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}-{version}")
     target = model_dir / VERSIONS / f"{stamp}-{safe}-{staging.name[len(STAGING_PREFIX) :]}"
     os.rename(staging, target)
-    link_tmp = model_dir / f".{CURRENT}.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        link_tmp.unlink()
-    os.symlink(Path(VERSIONS) / target.name, link_tmp)
-    os.replace(link_tmp, model_dir / CURRENT)
+    replaced = model_dir / CURRENT
+    if replaced.is_dir():
+        _link(model_dir, PREVIOUS, replaced.resolve().name)
+    _link(model_dir, CURRENT, target.name)
     _fsync_dir(model_dir)
     return target
 
 
-def _prune(model_dir: Path, keep: str) -> None:
+def _link(model_dir: Path, name: str, version: str) -> None:
+    """Point model_dir/name at versions/<version>, atomically (a symlink renamed over it)."""
+    link_tmp = model_dir / f".{name}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        link_tmp.unlink()
+    os.symlink(Path(VERSIONS) / version, link_tmp)
+    os.replace(link_tmp, model_dir / name)
+
+
+def _prune(model_dir: Path, keep: set[str]) -> None:
     for old in (model_dir / VERSIONS).iterdir():
-        if old.name != keep:
+        if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
