@@ -119,10 +119,10 @@ def test_archive_without_a_required_file_publishes_nothing(
     served: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, root = served
-    tar_gz(root / "v1.tar.gz", {"model.onnx": MODEL})
+    tar_gz(root / "v1.tar.gz", {"label.json": LABELS})
     result = run_loader(loader(f"{url}/v1.tar.gz", tmp_path / "m"))
     assert result.returncode == 4, result.stderr
-    assert "missing label.json (found: model.onnx)" in result.stderr
+    assert "missing model.onnx (found: label.json)" in result.stderr
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["versions"]
 
 
