@@ -13,7 +13,8 @@ EXPORT = uv export --frozen --package model-$$svc --no-dev --no-emit-workspace -
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@awk -F':.*## ' '/^# --- /{h = $$0; sub(/^# --- /, "", h); sub(/ -+$$/, "", h); printf "%s\n", h} \
+	  /^[a-z0-9-]+:.*## /{printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # --- the stack ----------------------------------------------------------------
 .PHONY: up up-gcs down logs ps
@@ -50,19 +51,19 @@ rollback: venv ## roll out again the version served before the current one
 # --- models -------------------------------------------------------------------
 .PHONY: models bench-models publish keys
 models: venv ## rebuild the committed models: iris_svc and the zoo (models/README.md), byte for byte
-	uv run --frozen python models/train.py
-	uv run --frozen python models/zoo.py
+	uv run --frozen python -m model_tools.train
+	uv run --frozen python -m model_tools.zoo
 
 # Too big for the repository and the emulator image: written outside models/, published by hand
 # (make publish SRC=build/models/mlp_bench/v1 URI=gs://ml-models/mlp_bench/v1/).
 BENCH_MODELS_DIR ?= build/models
 bench-models: venv ## build mlp_bench (~36 MB) and large_mlp (256 MiB) into build/models/
-	uv run --frozen python models/zoo.py --out $(BENCH_MODELS_DIR) mlp_bench large_mlp
+	uv run --frozen python -m model_tools.zoo --out $(BENCH_MODELS_DIR) mlp_bench large_mlp
 
 # make publish SRC=models/iris_svc/v2 URI=gs://ml-models/iris_svc/v2/ [SIGN_KEY=keys/model-signing.key]
 publish: venv ## upload a version directory to the running stack's bucket (signed with SIGN_KEY)
 	@test -n "$(SRC)" -a -n "$(URI)" || { echo "usage: make publish SRC=dir URI=gs://bucket/name/version/ [SIGN_KEY=keys/model-signing.key]"; exit 2; }
-	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python models/publish.py $(SRC) $(URI) $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
+	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python -m model_tools.publish $(SRC) $(URI) $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
 
 # The signing key pair: keys/ is git-ignored and never copied into an image.
 KEYS_DIR ?= keys
@@ -73,11 +74,6 @@ keys: ## an ECDSA P-256 key pair for signing models: $(KEYS_DIR)/model-signing.{
 	openssl pkey -in $(KEYS_DIR)/model-signing.key -pubout -out $(KEYS_DIR)/model-signing.pub && chmod 644 $(KEYS_DIR)/model-signing.pub
 	@echo "sign:   make publish SRC=... URI=... SIGN_KEY=$(KEYS_DIR)/model-signing.key"
 	@echo "verify: MODEL_VERIFY_KEY=$(KEYS_DIR)/model-signing.pub docker compose up -d --wait"
-
-# --- benchmarks ---------------------------------------------------------------
-.PHONY: bench-startup bench-api bench-api-instructions bench-loader bench-onnx bench-proxy
-bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
-	uv run --frozen python loadtest/bench_startup.py --runs $(or $(RUNS),5)
 
 # --- Kubernetes (minikube) ------------------------------------------------------
 # k8s/ names the compose images with this tag; k8s-images builds exactly those names
@@ -116,43 +112,50 @@ API_CONTAINER ?=
 LOADTEST_RESULTS ?= results/loadtest
 UI_PORT ?= 8089
 LOCUST = uv run --frozen locust --host $(HOST)
+# locust loads a locustfile by path; the files live in their packages.
+LOCUSTFILE = loadtest/src/model_loadtest/locustfile.py
+CAPACITY_LOCUSTFILE = bench/src/model_load_bench/capacity.py
 RUN_DIR = out=$(LOADTEST_RESULTS)/$$(date -u +%Y%m%dT%H%M%SZ) && mkdir -p $$out
 
-.PHONY: loadtest loadtest-ui loadtest-capacity
+.PHONY: loadtest loadtest-ui
 loadtest: venv ## headless locust at HOST; fails on any failure, p99 > P99_MS, < MIN_RPS req/s
-	@$(RUN_DIR) && { $(LOCUST) -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) --p99-ms $(P99_MS) --min-rps $(MIN_RPS) --csv $$out/stats --html $$out/report.html --only-summary; rc=$$?; echo "report: $$out/report.html (CSV: $$out/stats_*.csv)"; exit $$rc; }
+	@$(RUN_DIR) && { $(LOCUST) -f $(LOCUSTFILE) --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) --p99-ms $(P99_MS) --min-rps $(MIN_RPS) --csv $$out/stats --html $$out/report.html --only-summary; rc=$$?; echo "report: $$out/report.html (CSV: $$out/stats_*.csv)"; exit $$rc; }
 
 loadtest-ui: venv ## locust's web UI on http://127.0.0.1:8089 (or UI_PORT), aimed at HOST
-	$(LOCUST) -f loadtest/locustfile.py --web-host 127.0.0.1 --web-port $(UI_PORT)
+	$(LOCUST) -f $(LOCUSTFILE) --web-host 127.0.0.1 --web-port $(UI_PORT)
+
+# --- benchmarks (bench/; results in bench/results/) ---------------------------
+.PHONY: bench-startup bench-api bench-api-instructions bench-loader bench-onnx bench-proxy loadtest-capacity soak
+bench-startup: venv ## cold start: `docker compose up -d` -> API ready, median of RUNS (5)
+	uv run --frozen python -m model_load_bench.bench_startup --runs $(or $(RUNS),5)
 
 loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highest step held)
-	@$(RUN_DIR) && $(LOCUST) -f loadtest/capacity.py --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
-	  && uv run --frozen python loadtest/capacity_report.py $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
+	@$(RUN_DIR) && $(LOCUST) -f $(CAPACITY_LOCUSTFILE) --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
+	  && uv run --frozen python -m model_load_bench.capacity_report $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
 
 # make soak SOAK_USERS=134 SOAK_SECONDS=600   (loadtest/README.md, "make soak")
 SOAK_USERS ?= 134
 SOAK_SECONDS ?= 600
-.PHONY: soak
-soak: venv ## 10 min of locust at ~70% capacity on its own stack: errors, p99/min, API RSS -> loadtest/results/soak.md
+soak: venv ## 10 min of locust at ~70% capacity on its own stack: errors, p99/min, API RSS -> bench/results/soak.md
 	$(COMPOSE) build --quiet
-	uv run --frozen python loadtest/soak.py --users $(SOAK_USERS) --duration $(SOAK_SECONDS) --report loadtest/results/soak.md
+	uv run --frozen python -m model_load_bench.soak --users $(SOAK_USERS) --duration $(SOAK_SECONDS) --report bench/results/soak.md
 
 bench-api: venv ## API req/s, p50, p99 vs a bare ASGI app and raw session.run (needs wrk)
-	uv run --frozen python loadtest/bench_api.py
+	uv run --frozen python -m model_load_bench.bench_api
 
 bench-api-instructions: venv ## instructions per request, (a) vs /predict, under callgrind (needs wrk, valgrind)
-	uv run --frozen python loadtest/bench_api.py --instructions
+	uv run --frozen python -m model_load_bench.bench_api --instructions
 
 # make bench-models first; BENCH_MODEL= any model.onnx with one FP32 [N, features] input
 BENCH_MODEL ?= $(BENCH_MODELS_DIR)/mlp_bench/v1/model.onnx
-bench-onnx: venv ## the plain onnxruntime loop on BENCH_MODEL: ms/run, rows/s at batch 1, 16 -> loadtest/results/onnx_loop.md
-	uv run --frozen python loadtest/bench_onnx.py $(BENCH_MODEL) --out loadtest/results/onnx_loop.md
+bench-onnx: venv ## the plain onnxruntime loop on BENCH_MODEL: ms/run, rows/s at batch 1, 16 -> bench/results/onnx_loop.md
+	uv run --frozen python -m model_load_bench.bench_onnx $(BENCH_MODEL) --out bench/results/onnx_loop.md
 
-bench-proxy: venv ## the API replicas through the proxy vs directly, in-network and from the host (wrk, root) -> loadtest/results/proxy.md
-	uv run --frozen python loadtest/bench_proxy.py --rounds $(or $(RUNS),5)
+bench-proxy: venv ## the API replicas through the proxy vs directly, in-network and from the host (wrk, root) -> bench/results/proxy.md
+	uv run --frozen python -m model_load_bench.bench_proxy --rounds $(or $(RUNS),5)
 
-bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> loadtest/results/loader.md
-	uv run --frozen python loadtest/bench_loader.py --runs $(or $(RUNS),3) --out loadtest/results/loader.md
+bench-loader: venv ## 1 GiB from fake-gcs: curl vs plain client vs our loader -> bench/results/loader.md
+	uv run --frozen python -m model_load_bench.bench_loader --runs $(or $(RUNS),3) --out bench/results/loader.md
 
 # --- development --------------------------------------------------------------
 .PHONY: venv test test-unit test-integration test-e2e test-k8s lint fmt lock audit

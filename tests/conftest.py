@@ -1,16 +1,15 @@
-"""Shared test helpers: paths, free ports, iris data, the models/ and loadtest/ scripts."""
+"""Shared test data and fixtures: paths, iris rows, the trained reference. What tests and
+benchmarks share (ports, processes, stacks, keys) is the model_load_harness package."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import socket
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+
+from model_tools import train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_V1 = ROOT / "models" / "iris_svc" / "v1"
@@ -18,103 +17,9 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.3, 3.3, 6.0, 2.5]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
-
-
-def fake_google_credentials(path: Path, kind: str, token_uri: str = GOOGLE_TOKEN_URI) -> dict:
-    """Write a well-formed but fake Google credentials file (mode 0600) and return it:
-    `service_account`, a key with an RSA private key made now (keys are never committed),
-    or `authorized_user`, the ADC file `gcloud auth application-default login` writes."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    if kind == "service_account":
-        pem = (
-            rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            .private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            .decode()
-        )
-        info = dict(
-            type=kind,
-            project_id="fake-project",
-            private_key_id="0" * 40,
-            private_key=pem,
-            client_email="model-loader@fake-project.iam.gserviceaccount.com",
-            client_id="100000000000000000000",
-            token_uri=token_uri,
-        )
-    else:
-        info = dict(
-            type=kind,
-            client_id="fake.apps.googleusercontent.com",
-            client_secret="fake-client-secret",
-            refresh_token="fake-refresh-token",
-            token_uri=token_uri,
-        )
-    path.write_text(json.dumps(info))
-    path.chmod(0o600)
-    return info
-
-
-def key_pair(directory: Path, curve: str = "secp256r1") -> tuple[Path, Path]:
-    """An ECDSA key pair made now (keys are never committed), as `make keys` makes one:
-    directory/key.pem (private, PKCS8 PEM, mode 0600) and directory/key.pub (PEM)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    directory.mkdir(parents=True, exist_ok=True)
-    private = ec.generate_private_key(ec.SECP384R1() if curve == "secp384r1" else ec.SECP256R1())
-    (directory / "key.pem").write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (directory / "key.pem").chmod(0o600)
-    (directory / "key.pub").write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return directory / "key.pem", directory / "key.pub"
-
-
-def models_script(name: str) -> ModuleType:
-    """Import models/<name>.py (models/ holds scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"models_{name}", ROOT / "models" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def loadtest_module(name: str) -> ModuleType:
-    """Import loadtest/<name>.py (locust loads these by path; they are not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"loadtest_{name}", ROOT / "loadtest" / f"{name}.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def train_module() -> ModuleType:
-    return models_script("train")
+    return train
 
 
 @pytest.fixture(scope="session")

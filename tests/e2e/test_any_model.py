@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
+from model_load_harness.compose import Stack
 from tests.conftest import ROOT
-from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.docker
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from model_api.deferred import FLUSH_SECONDS
+from model_load_harness.compose import Stack
 from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
-from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.docker
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, fake_google_credentials
-from tests.e2e.conftest import Stack
+from model_load_harness.compose import Stack
+from model_load_harness.keys import fake_google_credentials
+from tests.conftest import ROOT
 from tests.k8s.conftest import compose_config, run_compose_config
 
 GCS = ROOT / "compose.gcs.yaml"

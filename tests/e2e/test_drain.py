@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
+from model_load_harness.compose import Stack
 from tests.conftest import ROOT
-from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.docker
 

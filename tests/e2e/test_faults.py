@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from model_load_harness.compose import Stack
 from tests.conftest import SETOSA
-from tests.e2e.conftest import Stack
 from tests.e2e.traffic import Traffic, summary
 
 pytestmark = pytest.mark.docker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import Stack
+from model_load_harness.compose import Stack
 
 pytestmark = pytest.mark.docker
 

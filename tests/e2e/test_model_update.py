@@ -13,7 +13,7 @@ from types import ModuleType
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack
+from model_load_harness.compose import Stack
 from tests.e2e.traffic import Traffic, summary
 
 pytestmark = pytest.mark.docker

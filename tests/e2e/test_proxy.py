@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from model_load_harness.compose import Stack
 from tests.conftest import SETOSA
-from tests.e2e.conftest import Stack
 from tests.integration.rawhttp import read_all
 
 pytestmark = pytest.mark.docker

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from google.cloud import storage
 
-from tests.conftest import MODEL_V1, key_pair
-from tests.e2e.conftest import Stack
+from model_load_harness.compose import Stack
+from model_load_harness.keys import key_pair
+from tests.conftest import MODEL_V1
 
 pytestmark = pytest.mark.docker
 

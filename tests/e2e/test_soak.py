@@ -1,4 +1,4 @@
-"""The soak's short CI variant: `loadtest/soak.py` for 60 s on its own compose stack at
+"""The soak's short CI variant: `model_load_bench.soak` for 60 s on its own compose stack at
 the soak's load (134 users), zero failed requests and the API's RSS within the soak's
 noise bound (8 MiB + 5% of the RSS after the warm-up). `make soak` runs it for 10 min."""
 
@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-
 pytestmark = pytest.mark.docker
 
 
@@ -23,7 +21,8 @@ def test_a_minute_at_soak_load_has_no_errors_and_no_rss_growth(
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "loadtest" / "soak.py"),
+            "-m",
+            "model_load_bench.soak",
             "--duration",
             "60",
             "--warmup-seconds",

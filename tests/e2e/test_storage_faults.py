@@ -25,10 +25,9 @@ from typing import Any
 
 import httpx
 import pytest
-from google.cloud import storage
 
-from tests.conftest import MODEL_V1, SETOSA, models_script
-from tests.e2e.conftest import Stack
+from model_load_harness.compose import Stack
+from tests.conftest import MODEL_V1, SETOSA
 
 pytestmark = pytest.mark.docker
 
@@ -145,11 +144,7 @@ def publish_big_version(stack: Stack, tmp_path: Path, uri: str) -> str:
     shutil.copytree(MODEL_V1, src)
     blob = os.urandom(BIG_MIB << 20)
     (src / "weights.bin").write_bytes(blob)
-    os.environ["STORAGE_EMULATOR_HOST"] = stack.gcs  # the emulator's published port
-    try:
-        models_script("publish").publish(src, uri, storage.Client())
-    finally:
-        del os.environ["STORAGE_EMULATOR_HOST"]
+    stack.publish(src, uri)
     return hashlib.sha256(blob).hexdigest()
 
 

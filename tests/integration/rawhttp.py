@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from tests.integration.conftest import ApiServer
+from model_load_harness.api import ApiServer
 
 
 def address(server: ApiServer) -> tuple[str, int]:

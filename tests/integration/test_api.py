@@ -20,15 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from model_api.deferred import FLUSH_SECONDS
-from tests.conftest import MODEL_V1, SETOSA, VIRGINICA, free_port
-from tests.integration.conftest import (
-    ApiServer,
-    StartApi,
-    launch_api,
-    run_loader,
-    stop_api,
-    wait_http,
-)
+from model_load_harness.api import ApiServer, launch_api, stop_api
+from model_load_harness.ports import free_port
+from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
+from tests.integration.conftest import StartApi, run_loader, wait_http
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from model_load_harness.api import ApiServer, launch_api, stop_api
 from tests.conftest import SETOSA
-from tests.integration.conftest import ApiServer, StartApi, launch_api, stop_api
+from tests.integration.conftest import StartApi
 from tests.integration.rawhttp import address, raw_request, read_all, read_one_response, status_of
 
 

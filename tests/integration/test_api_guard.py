@@ -25,8 +25,9 @@ import uvicorn
 
 from model_api.guard import Guard, current_guard
 from model_api.server import GUARD
-from tests.conftest import SETOSA, VIRGINICA, free_port
-from tests.integration.conftest import ApiServer, launch_api, stop_api
+from model_load_harness.api import ApiServer, launch_api, stop_api
+from model_load_harness.ports import free_port
+from tests.conftest import SETOSA, VIRGINICA
 from tests.integration.rawhttp import (
     address,
     read_all,

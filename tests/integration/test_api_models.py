@@ -20,12 +20,11 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ROOT, loadtest_module, models_script
-from tests.integration.conftest import ApiServer, launch_api, stop_api
+from model_load_harness.api import ApiServer, launch_api, stop_api
+from model_loadtest import v2_requests as requests
+from model_tools import zoo
+from tests.conftest import ROOT
 from tests.v2_tensors import decode_inputs, model_metadata
-
-requests = loadtest_module("v2_requests")
-zoo = models_script("zoo")
 
 # Each row of these is its own request, and the batch dimension of a batchable model
 # holds 3 rows: answers of stacked requests must be sliced back correctly.

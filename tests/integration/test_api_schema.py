@@ -31,8 +31,8 @@ from schemathesis.checks import (
 
 from model_api.config import ApiSettings
 from model_api.main import create_app
+from model_load_harness.api import ApiServer, launch_api, stop_api
 from tests.conftest import MODEL_V1
-from tests.integration.conftest import ApiServer, launch_api, stop_api
 
 SERVED = {"name": "iris_svc", "version": "v1"}
 EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "500"))

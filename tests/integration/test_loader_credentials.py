@@ -20,7 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.conftest import fake_google_credentials, free_port
+from model_load_harness.keys import fake_google_credentials
+from model_load_harness.ports import free_port
 from tests.integration.conftest import run_loader
 
 URI = "gs://fake-bucket/iris_svc/v1/"

@@ -24,9 +24,11 @@ from urllib.parse import quote
 import google_crc32c
 import pytest
 
+from model_load_harness.fakegcs import FakeGcs
+from model_load_harness.ports import free_port
 from model_loader.transfer import Downloader, Job, TransferSettings
-from tests.conftest import MODEL_V1, free_port
-from tests.integration.conftest import BUCKET, FakeGcs, run_loader
+from tests.conftest import MODEL_V1
+from tests.integration.conftest import BUCKET, run_loader
 from tests.integration.faultproxy import Fault, FaultProxy
 
 BIG = 5 * (1 << 20) + 12345  # not a multiple of the slice size

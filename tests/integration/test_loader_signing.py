@@ -1,4 +1,4 @@
-"""Signed models end to end on loopback: models/publish.py signs and uploads to the real
+"""Signed models end to end on loopback: model_tools.publish signs and uploads to the real
 fake-gcs-server, the loader (a process) verifies with MODEL_VERIFY_KEY. Keys are made in
 the test; each tamper is done in the bucket, after signing, as an attacker would."""
 
@@ -16,13 +16,16 @@ from unittest import mock
 import pytest
 from google.cloud import storage
 
-from tests.conftest import MODEL_V1, key_pair, models_script
-from tests.integration.conftest import BUCKET, FakeGcs, run_loader
+import model_tools.publish
+from model_load_harness.fakegcs import FakeGcs
+from model_load_harness.keys import key_pair
+from tests.conftest import MODEL_V1
+from tests.integration.conftest import BUCKET, run_loader
 
 
 @pytest.fixture(scope="module")
 def publish_module() -> ModuleType:
-    return models_script("publish")
+    return model_tools.publish
 
 
 @pytest.fixture(scope="module")

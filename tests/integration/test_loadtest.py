@@ -22,11 +22,14 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import ROOT, free_port, models_script
-from tests.integration.conftest import ApiServer, StartApi
+from model_load_harness.api import ApiServer
+from model_load_harness.ports import free_port
+from model_tools import zoo
+from tests.conftest import ROOT
+from tests.integration.conftest import StartApi
 from tests.v2_tensors import Rejected, infer, model_metadata
 
-ZOO = models_script("zoo").COMMITTED
+ZOO = zoo.COMMITTED
 
 
 @pytest.fixture

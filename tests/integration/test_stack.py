@@ -12,8 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import SETOSA, VIRGINICA, free_port
-from tests.integration.conftest import BUCKET, FakeGcs, StartApi, run_loader
+from model_load_harness.fakegcs import FakeGcs
+from model_load_harness.ports import free_port
+from tests.conftest import SETOSA, VIRGINICA
+from tests.integration.conftest import BUCKET, StartApi, run_loader
 
 V1_URI = f"gs://{BUCKET}/iris_svc/v1/"
 

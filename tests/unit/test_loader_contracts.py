@@ -24,8 +24,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.oauth2 import service_account
 
+from model_load_harness.keys import fake_google_credentials
 from model_loader.sources.gcs import GcsSource
-from tests.conftest import fake_google_credentials
 
 READ_ONLY = "https://www.googleapis.com/auth/devstorage.read_only"
 

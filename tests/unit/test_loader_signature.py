@@ -1,6 +1,6 @@
 """model_loader.signature, held to model-signing's own verifier.
 
-Every version here is signed by the real model-signing (through models/publish.py's
+Every version here is signed by the real model-signing (through model_tools.publish's
 `sign`, as `make publish SIGN_KEY=...` does) with keys made in the test; each case asks
 both the loader and `model_signing.verifying` and expects the same verdict, the
 loader's with one line naming what failed.
@@ -19,16 +19,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from model_signing import hashing, signing, verifying
 
+import model_tools.publish
+from model_load_harness.keys import key_pair
 from model_loader.errors import ConfigError, IntegrityError
 from model_loader.signature import SIGNATURE_FILE, VerifyKey, verify
-from tests.conftest import MODEL_V1, ROOT, key_pair, models_script
+from tests.conftest import MODEL_V1, ROOT
 
 URI = "gs://b/iris_svc/v9/"
 
 
 @pytest.fixture(scope="module")
 def publish_module() -> ModuleType:
-    return models_script("publish")
+    return model_tools.publish
 
 
 @pytest.fixture

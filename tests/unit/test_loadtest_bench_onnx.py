@@ -1,4 +1,4 @@
-"""loadtest/bench_onnx.py: the plain loop measures every configuration it is asked for."""
+"""model_load_bench.bench_onnx: the plain loop measures every configuration it is asked for."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, loadtest_module, models_script
-
-bench = loadtest_module("bench_onnx")
-zoo = models_script("zoo")
+from model_load_bench import bench_onnx as bench
+from model_tools import zoo
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""loadtest/response_checks.py: good answers pass, each kind of wrong answer fails."""
+"""model_loadtest.response_checks: good answers pass, each kind of wrong answer fails."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import loadtest_module
+from model_loadtest import response_checks as checks
+from model_loadtest import v2_requests
 
-checks = loadtest_module("response_checks")
 WrongAnswer = checks.WrongAnswer
 LABELS = ["setosa", "versicolor", "virginica"]
 
@@ -151,7 +151,7 @@ def test_health_and_metadata() -> None:
 
 # --- any model: outputs checked against the declared signature ---------------------------
 
-v2_requests = loadtest_module("v2_requests")
+
 Spec = v2_requests.TensorSpec
 DECLARED = [
     Spec("logits", "FP32", (-1, 4)),

@@ -1,4 +1,4 @@
-"""loadtest/v2_requests.py: from any model's V2 metadata alone, requests the model accepts.
+"""model_loadtest.v2_requests: from any model's V2 metadata alone, requests the model accepts.
 
 For every model of the zoo (and iris), the metadata its signature implies goes in, a
 request body comes out; decoded strictly as a V2 server would and run through onnxruntime
@@ -16,12 +16,11 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import MODEL_V1, ROOT, loadtest_module, models_script
+from model_loadtest import response_checks as checks
+from model_loadtest import v2_requests as requests
+from model_tools import zoo
+from tests.conftest import MODEL_V1, ROOT
 from tests.v2_tensors import Rejected, decode_inputs, infer, model_metadata
-
-requests = loadtest_module("v2_requests")
-checks = loadtest_module("response_checks")
-zoo = models_script("zoo")
 
 MODELS = {"iris_svc": MODEL_V1 / "model.onnx"} | {
     name: ROOT / "models" / name / "v1" / "model.onnx" for name in zoo.COMMITTED

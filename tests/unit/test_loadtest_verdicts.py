@@ -1,4 +1,5 @@
-"""loadtest/thresholds.py and capacity_report.py: when a run or a step counts as held."""
+"""model_loadtest.thresholds and model_load_bench.capacity_report: when a run or a step
+counts as held."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import loadtest_module
+from model_load_bench import capacity_report as report
+from model_loadtest import thresholds
 
-thresholds = loadtest_module("thresholds")
-report = loadtest_module("capacity_report")
 RunFigures = thresholds.RunFigures
 
 

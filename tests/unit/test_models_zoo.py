@@ -1,4 +1,4 @@
-"""models/zoo.py: the committed zoo is what the script builds, byte for byte, and each model
+"""model_tools.zoo: the committed zoo is what the script builds, byte for byte, and each model
 answers as its signature declares (onnxruntime directly, no API)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import ROOT, models_script
+from model_tools import zoo
+from tests.conftest import ROOT
 from tests.v2_tensors import DATATYPES, NUMPY_DTYPES
 
-zoo = models_script("zoo")
 MODELS = ROOT / "models"
 ONE_MB = 1_000_000
 
@@ -35,12 +35,12 @@ HASH_SEEDS = ("1", "2")  # a hash-ordered set or dict in a build would differ be
 
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`models/zoo.py --out DIR` in fresh processes, as `make models` runs it."""
+    """`python -m model_tools.zoo --out DIR` in fresh processes, as `make models` runs it."""
     outs = {}
     for seed in HASH_SEEDS:
         out = outs[seed] = tmp_path_factory.mktemp(f"zoo-{seed}")
         result = subprocess.run(
-            [sys.executable, str(MODELS / "zoo.py"), "--out", str(out)],
+            [sys.executable, "-m", "model_tools.zoo", "--out", str(out)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -96,7 +96,7 @@ def test_fixed_producer_and_opsets() -> None:
 
 def test_unknown_model_names_are_one_line_and_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(MODELS / "zoo.py"), "--out", str(tmp_path), "fixed_batch", "nope"],
+        [sys.executable, "-m", "model_tools.zoo", "--out", str(tmp_path), "fixed_batch", "nope"],
         capture_output=True,
         text=True,
         timeout=120,

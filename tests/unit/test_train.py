@@ -1,4 +1,4 @@
-"""models/: the committed v1 is what models/train.py produces, bit for bit in behaviour."""
+"""models/: the committed v1 is what model_tools.train produces, bit for bit in behaviour."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import MODEL_V1, ROOT, models_script
+from model_tools import zoo
+from tests.conftest import MODEL_V1, ROOT
 
 
 def _onnx_proba(path: Path, rows: np.ndarray) -> np.ndarray:
@@ -48,7 +49,7 @@ def test_reexport_reproduces_the_committed_artifact(
 def test_reexport_in_a_fresh_process_is_byte_identical(tmp_path: Path, hash_seed: str) -> None:
     """`make models` leaves the committed model untouched, whatever the hash seed."""
     subprocess.run(
-        [sys.executable, str(ROOT / "models" / "train.py"), "--out", str(tmp_path)],
+        [sys.executable, "-m", "model_tools.train", "--out", str(tmp_path)],
         env={**os.environ, "PYTHONHASHSEED": hash_seed},
         capture_output=True,
         check=True,
@@ -84,5 +85,5 @@ def test_the_repository_commits_one_copy_of_the_model() -> None:
     tracked = subprocess.run(
         ["git", "ls-files", "*.onnx"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    zoo = {f"models/{name}/v1/model.onnx" for name in models_script("zoo").COMMITTED}
-    assert [f for f in tracked if f not in zoo] == ["models/iris_svc/v1/model.onnx"]
+    committed = {f"models/{name}/v1/model.onnx" for name in zoo.COMMITTED}
+    assert [f for f in tracked if f not in committed] == ["models/iris_svc/v1/model.onnx"]

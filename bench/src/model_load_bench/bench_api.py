@@ -1,6 +1,6 @@
 """The API's throughput and latency next to two ceilings, measured in one run.
 
-    uv run python loadtest/bench_api.py            # or: make bench-api
+    uv run python -m model_load_bench.bench_api            # or: make bench-api
 
 Starts everything on 127.0.0.1 (free ports) and drives it with wrk (a native load
 generator; Debian: `apt-get install -y wrk`) at 16 connections, a warm-up, then >= 10 s
@@ -30,7 +30,7 @@ Then two models of the zoo (models/README.md; built by `make bench-models` if mi
 count as their medians; the goal's ratios are the medians of the rounds' ratios (each
 round's scenarios run back to back): on a shared machine the load moves between
 scenarios. Prints req/s, p50 and p99 per scenario, the ratio to (a), resident memory per
-worker and the machine, and writes the same to loadtest/results/api.md. Compare ratios
+worker and the machine, and writes the same to bench/results/api.md. Compare ratios
 within one run, not absolute figures across runs.
 """
 
@@ -40,10 +40,7 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,9 +54,15 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from model_load_harness import ROOT
+from model_load_harness.api import running_api
+from model_load_harness.machine import describe_machine, tool_version
+from model_load_harness.ports import free_port
+from model_load_harness.processes import stop_process
+from model_load_harness.waiting import wait_http
+
 MODEL_DIR = ROOT / "models" / "iris_svc" / "v1"
-RESULTS = ROOT / "loadtest" / "results" / "api.md"
+RESULTS = ROOT / "bench" / "results" / "api.md"
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 ROWS_32 = [[5.1 + i * 0.05, 3.5, 1.4 + i * 0.15, 0.2 + i * 0.07] for i in range(32)]
 V2_PATH = "/v2/models/iris_svc/versions/v1/infer"
@@ -152,33 +155,9 @@ class Result:
     requests: int = 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server exited with {process.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:  # any answer but "not ready"
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"{url} did not answer within {timeout} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def wait_answering(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the server answers anything but a 5xx (the reference apps have no /ready)."""
+    wait_http(url, timeout, process, ok=lambda status: status < 500, interval=0.1)
 
 
 def wrk(
@@ -269,40 +248,18 @@ def compute_ceiling(seconds: float, cold: bool = False) -> Result:
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
-    mem_kib = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
     import onnxruntime
     import uvicorn
 
-    wrk_out = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
-    wrk_version = wrk_out.split("\n")[0].split(" Copyright")[0]
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs, {mem_kib / 1024 / 1024:.0f} GiB RAM; "
-        f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
-        f"uvicorn {uvicorn.__version__}, onnxruntime {onnxruntime.__version__}, "
-        f"{wrk_version.strip()}; load average at start {load}"
+    return describe_machine(
+        f"uvicorn {uvicorn.__version__}, onnxruntime {onnxruntime.__version__}",
+        tool_version("wrk", "-v").split(" Copyright")[0].strip(),
     )
 
 
-def api_env(args: argparse.Namespace, port: int, mode: str, **settings: str) -> dict[str, str]:
-    """The API's environment: the defaults but for `mode` and `settings` (name: value)."""
+def api_settings(args: argparse.Namespace, mode: str, **settings: str) -> dict[str, str]:
+    """The API's settings: the defaults but for `mode` and `settings` (name: value)."""
     return {
-        **os.environ,
-        "MODEL_DIR": str(MODEL_DIR),
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
         "API_WORKERS": str(args.workers),
         "INFERENCE_MODE": mode,
         "LOG_LEVEL": args.log_level,
@@ -311,20 +268,11 @@ def api_env(args: argparse.Namespace, port: int, mode: str, **settings: str) -> 
 
 
 @contextlib.contextmanager
-def api_server(env: dict[str, str], port: int) -> Iterator[tuple[str, int]]:
-    """`python -m model_api` with this environment, once ready: (its URL, its pid)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{url}/ready", process, timeout=300)
-        yield url, process.pid
-    finally:
-        stop(process)
+def api_server(model_dir: Path, **settings: str) -> Iterator[tuple[str, int]]:
+    """`python -m model_api` with these settings, once ready: (its URL, its pid). Its
+    output goes to /dev/null: the access log of a load run would fill a pipe."""
+    with running_api(model_dir, timeout=300, capture=False, **settings) as server:
+        yield server.url, server.process.pid
 
 
 def run_api(
@@ -332,8 +280,7 @@ def run_api(
 ) -> tuple[list[Result], dict[int, float]]:
     """The API's scenarios, or only /predict and V2 with 1 row (only_one_row), or only
     /predict with 1 row (other `settings` than the defaults)."""
-    port = free_port()
-    with api_server(api_env(args, port, mode, **settings), port) as (url, pid):
+    with api_server(MODEL_DIR, **api_settings(args, mode, **settings)) as (url, pid):
         v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
         if settings:
             label = "".join(f", {name}={value}" for name, value in settings.items())
@@ -375,7 +322,7 @@ def run_bare(args: argparse.Namespace, source: str = BARE_APP, name: str = "") -
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}/", process)
+        wait_answering(f"http://127.0.0.1:{port}/", process)
         return wrk(
             f"http://127.0.0.1:{port}/predict",
             json.dumps({"data": [SETOSA]}),
@@ -384,7 +331,7 @@ def run_bare(args: argparse.Namespace, source: str = BARE_APP, name: str = "") -
             name or "(a) HTTP ceiling: bare ASGI app, same uvicorn",
         )
     finally:
-        stop(process)
+        stop_process(process, grace=20)
 
 
 def instructions_per_request(
@@ -407,7 +354,7 @@ def instructions_per_request(
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_ready(ready, process, timeout=300)
+            wait_answering(ready, process, timeout=300)
 
             def control(option: str) -> None:
                 subprocess.run(
@@ -421,7 +368,7 @@ def instructions_per_request(
             control("-d")
             dump = Path(out, f"cg.{process.pid}.1").read_text()
         finally:
-            stop(process)
+            stop_process(process, grace=20)
     total = next(int(x.split()[1]) for x in dump.splitlines() if x.startswith("summary:"))
     return total / result.requests, result.requests
 
@@ -455,7 +402,13 @@ def count_instructions(args: argparse.Namespace) -> None:
         # inference ~50x, over the threshold for a thread of its own.
         counts[f"API {path}, 1 row"] = instructions_per_request(
             [sys.executable, "-m", "model_api"],
-            api_env(args, port, "loop"),
+            {
+                **os.environ,
+                "MODEL_DIR": str(MODEL_DIR),
+                "API_HOST": "127.0.0.1",
+                "API_PORT": str(port),
+                **api_settings(args, "loop"),
+            },
             f"http://127.0.0.1:{port}/ready",
             f"http://127.0.0.1:{port}{path}",
             args,
@@ -471,32 +424,25 @@ MLP_FEATURES = 256
 
 
 def bench_model(name: str) -> Path:
-    """build/models/<name>/v1, built by models/zoo.py (make bench-models) if missing."""
+    """build/models/<name>/v1, built by model_tools.zoo (make bench-models) if missing."""
     path = BENCH_MODELS / name / "v1"
     if not (path / "model.onnx").is_file():
         print(f"building {name} (make bench-models)...", flush=True)
         subprocess.run(
-            [sys.executable, str(ROOT / "models" / "zoo.py"), "--out", str(BENCH_MODELS), name],
+            [sys.executable, "-m", "model_tools.zoo", "--out", str(BENCH_MODELS), name],
             check=True,
         )
     return path
 
 
-def model_env(args: argparse.Namespace, model_dir: Path, port: int) -> dict[str, str]:
-    """A zoo model's API environment: the defaults (API_WORKERS=auto...)."""
-    return {
-        **os.environ,
-        "MODEL_DIR": str(model_dir),
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
-        "LOG_LEVEL": args.log_level,
-    }
+def model_settings(args: argparse.Namespace) -> dict[str, str]:
+    """A zoo model's API settings: the defaults (API_WORKERS=auto...)."""
+    return {"API_WORKERS": "auto", "LOG_LEVEL": args.log_level}
 
 
 def run_model_api(args: argparse.Namespace, model_dir: Path, name: str, label: str) -> Result:
     """V2 JSON, 1 row of mlp_bench's 256 features: req/s (= rows/s)."""
-    port = free_port()
-    with api_server(model_env(args, model_dir, port), port) as (url, _):
+    with api_server(model_dir, **model_settings(args)) as (url, _):
         row = [round(0.001 * (i % 997), 3) for i in range(MLP_FEATURES)]
         tensor = {"name": "input", "shape": [1, MLP_FEATURES], "datatype": "FP32", "data": row}
         body = json.dumps({"inputs": [tensor]})
@@ -518,7 +464,7 @@ def total_rss_kib(pid: int) -> int:
 
 def compute_bound(args: argparse.Namespace) -> list[str]:
     """mlp_bench: the API with batching on and off against the plain loops, in turn."""
-    import bench_onnx
+    from model_load_bench import bench_onnx
 
     model_dir = bench_model("mlp_bench")
     unbatched = Path(tempfile.mkdtemp(prefix="mlp-unbatched-")) / "mlp_bench" / "v1"
@@ -567,8 +513,7 @@ def large_model(args: argparse.Namespace) -> list[str]:
     """large_mlp: the API's total RSS with default settings, against the goal."""
     model_dir = bench_model("large_mlp")
     size = (model_dir / "model.onnx").stat().st_size
-    port = free_port()
-    with api_server(model_env(args, model_dir, port), port) as (url, pid):
+    with api_server(model_dir, **model_settings(args)) as (url, pid):
         tensor = {"name": "input", "shape": [1, 4096], "datatype": "FP32", "data": [0.001] * 4096}
         for _ in range(20):
             httpx.post(

@@ -1,6 +1,6 @@
 """Loader throughput and memory: one large object from fake-gcs-server on loopback.
 
-    uv run python loadtest/bench_loader.py --size-mib 1024 --runs 3
+    uv run python -m model_load_bench.bench_loader --size-mib 1024 --runs 3
 
 Starts the real fake-gcs-server binary on a free loopback port with one random object
 (`--size-mib`, 1 GiB by default) plus a label.json, then downloads it to a directory on
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -45,11 +44,11 @@ from urllib.parse import quote
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import free_port, key_pair, models_script  # noqa: E402
-from tests.integration.conftest import FakeGcs  # noqa: E402
+from model_load_harness import ROOT
+from model_load_harness.fakegcs import FakeGcs
+from model_load_harness.keys import key_pair
+from model_load_harness.machine import describe_machine, tool_version
+from model_tools.publish import sign
 
 BUCKET = "bench"
 PREFIX = "big/v1/"
@@ -93,19 +92,9 @@ def timed(argv: list[str], env: dict[str, str], work: Path) -> tuple[float, floa
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM; {platform.platform()}; "
-        f"Python {platform.python_version()}; {curl.splitlines()[0].split(' (')[0]}; "
-        f"fake-gcs-server v1.54.0 (memory backend) on 127.0.0.1; load average at start {load}"
+    return describe_machine(
+        tool_version("curl", "--version").split(" (")[0],
+        "fake-gcs-server v1.54.0 (memory backend) on 127.0.0.1",
     )
 
 
@@ -136,9 +125,9 @@ def main() -> None:
         for path in folder.iterdir():
             os.link(path, signed / path.name)
         private, public = key_pair(work / "keys")
-        signature = models_script("publish").sign(signed, private, sorted(signed.iterdir()))
+        signature = sign(signed, private, sorted(signed.iterdir()))
         (signed / "model.sig").write_bytes(signature)
-        server = FakeGcs(url=f"http://127.0.0.1:{free_port()}", data=work / "data")
+        server = FakeGcs(work / "data")
         server.start()
         try:
             rows = bench(

@@ -1,7 +1,7 @@
 """The plain ONNX Runtime loop: what a model costs with no server at all.
 
-    uv run python loadtest/bench_onnx.py build/models/mlp_bench/v1/model.onnx
-    make bench-onnx      # mlp_bench (make bench-models first) -> loadtest/results/onnx_loop.md
+    uv run python -m model_load_bench.bench_onnx build/models/mlp_bench/v1/model.onnx
+    make bench-onnx      # mlp_bench (make bench-models first) -> bench/results/onnx_loop.md
 
 One `session.run` after another in one thread, for each intra-op thread count (--threads,
 default 1 and 2) and batch size (--batches, default 1 and 16): milliseconds per run (median)
@@ -11,14 +11,13 @@ shared machine moves one round, not one configuration. This is the baseline a se
 figures on the same model are compared with (issue: V2 at 16 connections vs the plain loop
 at batch 1 and 16, same total threads).
 
-The model must take one FP32 input [N, features] (the benchmark models of models/zoo.py).
+The model must take one FP32 input [N, features] (the benchmark models of model_tools.zoo).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from model_load_harness.machine import describe_machine
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,11 @@ def main() -> None:
     result = table(args.model, measure(args.model, configs, args.rounds, args.seconds))
     print(result)
     if args.out:
-        machine = (
-            f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, onnxruntime {ort.__version__}; "
-            f"load average before {load_before}, after {load()}"
+        machine = describe_machine(
+            f"onnxruntime {ort.__version__}; load average before {load_before}, after {load()}"
         )
         args.out.write_text(
-            f"# The plain ONNX Runtime loop\n\n`loadtest/bench_onnx.py` on {started}: one "
+            f"# The plain ONNX Runtime loop\n\n`make bench-onnx` on {started}: one "
             f"`session.run` after another, {args.rounds} interleaved rounds of {args.seconds:g} s "
             "per configuration, medians over the rounds. Ms per run is the median run, which "
             "other load on the machine barely moves; rows/s counts every run, stalls included: "

@@ -1,7 +1,7 @@
 """What the proxy costs: the API replicas through it and reached directly, side by side,
 from inside the Compose network and from the host.
 
-    uv run python loadtest/bench_proxy.py           # or: make bench-proxy (needs wrk, root)
+    uv run python -m model_load_bench.bench_proxy           # or: make bench-proxy (needs wrk, root)
 
 Starts its own compose project (own name, free host ports) with compose.debug.yaml, so
 each of the API_REPLICAS (2) replicas of API_CPUS (1) also has a port of its own. wrk
@@ -22,7 +22,7 @@ rows, where the API does more per request and the proxy's share is smaller. --ro
 and differences the median of each round's pair. CPU (cores) over each run from the
 cgroups: each replica, the proxy; from /proc: docker-proxy, wrk, and the whole machine
 (kernel networking included, which no cgroup is charged for), so the proxy's hop can be
-priced in CPU per request. Prints a table and writes it to loadtest/results/proxy.md
+priced in CPU per request. Prints a table and writes it to bench/results/proxy.md
 with the machine and its load.
 """
 
@@ -41,12 +41,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-from container_cpu import cpu_seconds, cpu_usage_file
-from soak import Compose, free_port, machine
+from model_load_bench.container_cpu import cpu_seconds, cpu_usage_file
+from model_load_harness import ROOT
+from model_load_harness.compose import Stack
+from model_load_harness.machine import describe_machine, docker_version, tool_version
+from model_load_harness.ports import free_port
+from model_load_harness.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "loadtest" / "results" / "proxy.md"
+RESULTS = ROOT / "bench" / "results" / "proxy.md"
 PROJECT = "modelload-bench-proxy"
 
 LUA = """
@@ -103,32 +105,25 @@ class Scenario:
         return statistics.median(r.cpu.get(who, 0.0) for r in self.runs)
 
 
-class Stack:
+class Bench:
+    """The stack with compose.debug.yaml (a port per replica) and an idle helper container
+    on its network, whose network namespace wrk enters."""
+
     def __init__(self, args: argparse.Namespace) -> None:
-        self.compose = Compose(args.project)
-        self.compose.env.update(
-            COMPOSE_FILE=os.pathsep.join(
-                str(ROOT / f) for f in ("compose.yaml", "compose.debug.yaml")
-            ),
-            PROXY_STATS_HOST_PORT=str(free_port()),
+        self.stack = Stack(
+            args.project,
+            env={"PROXY_STATS_HOST_PORT": str(free_port())},
+            overrides=[ROOT / "compose.debug.yaml"],
         )
         self.helper = f"{args.project}-wrk-netns"
 
     def up(self) -> None:
-        self.compose("down", "-v", "--remove-orphans")
-        self.compose("up", "-d", "--wait", "--wait-timeout", "180")
-        stats = f"http://127.0.0.1:{self.compose.env['PROXY_STATS_HOST_PORT']}/;csv"
-        deadline = time.monotonic() + 60
-        while self._routed(stats) < 2:  # the proxy sends to both replicas
-            if time.monotonic() > deadline:
-                raise SystemExit("bench-proxy: the proxy does not route to both replicas")
-            time.sleep(0.5)
-        replicas = json.loads(
-            subprocess.check_output(["docker", "inspect", *self.compose.containers("api")])
+        self.stack.up()
+        wait_until(
+            lambda: len(self.stack.routed()) >= 2, "the proxy routing to both replicas", 60, 0.5
         )
-        (proxy,) = json.loads(
-            subprocess.check_output(["docker", "inspect", *self.compose.containers("proxy")])
-        )
+        replicas = self.stack.replicas()
+        proxy = self.stack.inspect("proxy")
         network = next(iter(proxy["NetworkSettings"]["Networks"]))
         self.cpu_files = {
             **{c["Name"].lstrip("/"): cpu_usage_file(c["Id"]) for c in replicas},
@@ -139,7 +134,7 @@ class Stack:
             "direct": ",".join(f"{_ip(c)}:8000" for c in replicas),
         }
         self.from_host = {
-            "proxy": f"127.0.0.1:{self.compose.api_port}",
+            "proxy": f"127.0.0.1:{self.stack.api_port}",
             "direct": ",".join(
                 f"127.0.0.1:{c['NetworkSettings']['Ports']['8000/tcp'][0]['HostPort']}"
                 for c in replicas
@@ -158,15 +153,7 @@ class Stack:
 
     def down(self) -> None:
         subprocess.run(["docker", "rm", "--force", self.helper], capture_output=True)
-        self.compose("down", "-v", "--remove-orphans")
-
-    @staticmethod
-    def _routed(url: str) -> int:
-        try:
-            rows = httpx.get(url, timeout=2).text.splitlines()
-        except httpx.TransportError:
-            return 0
-        return sum(1 for r in rows if r.startswith("api,api") and ",UP," in r)
+        self.stack.down()
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: containers (cgroups), docker-proxy (/proc), wrk (children)."""
@@ -303,7 +290,7 @@ def main() -> int:
         for rows, load in [(1, "saturation"), (1, "paced"), (args.batch_rows, "saturation")]
         for door in ("proxy", "direct")
     ]
-    stack = Stack(args)
+    stack = Bench(args)
     load_before = os.getloadavg()
     started_at = datetime.now(UTC)
     try:
@@ -319,6 +306,7 @@ def main() -> int:
         stack.down()
         os.unlink(lua.name)
     load_after = os.getloadavg()
+    where = describe_machine(docker_version(), tool_version("wrk", "-v").split(" Copyright")[0])
 
     lines = [
         "# The proxy's cost: the API replicas through HAProxy and reached directly",
@@ -335,7 +323,7 @@ def main() -> int:
         "",
         *verdicts(scenarios),
         "",
-        f"Machine: {machine()}. Shared with other work: load average "
+        f"Machine: {where}. Shared with other work: load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. wrk, the proxy, "
         "docker-proxy and the replicas share its CPUs: through the proxy, the proxy's CPU "
         "comes out of what the replicas could use.",

@@ -1,7 +1,7 @@
 """Step-load capacity run: the traffic of locustfile.py at a rising number of users.
 
-    locust -f loadtest/capacity.py --headless --host URL --steps-out steps.json
-    python loadtest/capacity_report.py steps.json          # or both: make loadtest-capacity
+    locust -f bench/src/model_load_bench/capacity.py --headless --host URL --steps-out steps.json
+    python -m model_load_bench.capacity_report steps.json          # or both: make loadtest-capacity
 
 The user count climbs through --steps (default 4,16,32,48,64,80,96,128,192), holding each
 for --step-seconds (15). Each step is measured after --settle-seconds (5), so spawning and
@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from container_cpu import cpu_seconds, cpu_usage_file
 from locust import LoadTestShape, events
 from locust.env import Environment
-from locustfile import ModelUser  # noqa: F401  (the user class this shape drives)
+
+from model_load_bench.container_cpu import cpu_seconds, cpu_usage_file
+from model_loadtest.locustfile import ModelUser  # noqa: F401  (the user class this shape drives)
 
 log = logging.getLogger("loadtest.capacity")
 

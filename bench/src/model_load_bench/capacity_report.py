@@ -1,6 +1,6 @@
 """Chart and verdict of a step-load run (the JSON capacity.py writes).
 
-    python loadtest/capacity_report.py steps.json --p99-ms 100 --out capacity.png
+    python -m model_load_bench.capacity_report steps.json --p99-ms 100 --out capacity.png
 
 Prints one line: the highest step that held the latency bound with zero failures, and
 exits 1 when not even the first step held (or the file holds no step).

@@ -1,6 +1,6 @@
 """Soak: steady locust traffic on the compose stack for a long while, errors and memory watched.
 
-    uv run python loadtest/soak.py --users 134 --duration 600 --report loadtest/results/soak.md
+    uv run python -m model_load_bench.soak --users 134 --duration 600 --report bench/results/soak.md
     make soak                                        # the same, 10 minutes
 
 Starts its own compose project (own name, free host ports; a stack you have running is
@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,47 +32,19 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from pathlib import Path
 
-import httpx
+from model_load_harness import ROOT
+from model_load_harness.compose import Stack
+from model_load_harness.machine import describe_machine, docker_version
+from model_load_harness.waiting import wait_http
 
-ROOT = Path(__file__).resolve().parents[1]
+# The locustfile as locust loads it: by path (found, not imported: importing locust here
+# would patch this process with gevent).
+LOCUSTFILE = find_spec("model_loadtest.locustfile").origin
+
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Compose:
-    def __init__(self, project: str) -> None:
-        self.project = project
-        self.api_port = free_port()
-        self.env = {
-            **os.environ,
-            "API_HOST_PORT": str(self.api_port),
-            "FAKE_GCS_HOST_PORT": str(free_port()),
-        }
-
-    def __call__(self, *args: str) -> str:
-        result = subprocess.run(
-            ["docker", "compose", "--project-directory", str(ROOT), "-p", self.project, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise SystemExit(
-                f"soak: docker compose {' '.join(args)} exited {result.returncode}: "
-                f"{result.stderr.strip()[-2000:]}"
-            )
-        return result.stdout
-
-    def containers(self, service: str) -> list[str]:
-        return self("ps", "-q", service).split()
 
 
 HEALTHCHECK_MARK = "urllib.request"  # compose's healthcheck: a python3 -c living ~0.1 s
@@ -125,18 +95,6 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"soak: {url} not ready within {timeout:.0f} s")
-
-
 def aggregated(path: Path) -> dict[str, str]:
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
@@ -172,21 +130,6 @@ def per_minute(history: Path) -> list[dict[str, float]]:
     ]
 
 
-def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    docker = subprocess.run(
-        ["docker", "version", "--format", "{{.Server.Version}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return (
-        f"{platform.system()} {platform.release()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Docker Engine {docker}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=134, help="locust users (134)")
@@ -206,13 +149,12 @@ def main() -> int:
 
     out = args.out or ROOT / "results" / "soak" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
-    compose = Compose(args.project)
-    host = f"http://127.0.0.1:{compose.api_port}"
-    compose("down", "-v", "--remove-orphans")
+    stack = Stack(args.project)
+    host = stack.api
     try:
-        compose("up", "-d", "--wait", "--wait-timeout", "180")
-        wait_ready(f"{host}/ready")
-        replicas = compose.containers("api")
+        stack.up()
+        wait_http(f"{host}/ready", timeout=120, interval=0.2)
+        replicas = stack.container_ids("api")
         workers = [
             " ".join(line.split()[1:])[:60]
             for api in replicas
@@ -233,7 +175,7 @@ def main() -> int:
                     "-m",
                     "locust",
                     "-f",
-                    str(ROOT / "loadtest" / "locustfile.py"),
+                    LOCUSTFILE,
                     "--headless",
                     "--host",
                     host,
@@ -265,7 +207,7 @@ def main() -> int:
             ).split()
         )
     finally:
-        compose("down", "-v", "--remove-orphans")
+        stack.down()
 
     total = aggregated(out / "stats_stats.csv")
     minutes = per_minute(out / "stats_stats_history.csv")
@@ -337,8 +279,9 @@ def report(
         "",
         "```bash",
         f"make soak SOAK_USERS={args.users} SOAK_SECONDS={args.duration}",
-        f"# = uv run python loadtest/soak.py --users {args.users} --duration {args.duration} "
-        "--report loadtest/results/soak.md",
+        f"# = uv run python -m model_load_bench.soak --users {args.users} "
+        f"--duration {args.duration} "
+        "--report bench/results/soak.md",
         "```",
         "",
         f"- Started {started_at:%Y-%m-%d %H:%M} UTC. The compose stack as shipped "
@@ -357,7 +300,8 @@ def report(
         "",
         "## The machine",
         "",
-        f"{machine()}. **Shared**: other engineers were building images and running test "
+        f"{describe_machine(docker_version())}. **Shared**: other engineers were building "
+        "images and running test "
         "suites at the same time; locust and the API share the same CPUs. Load average "
         f"{load_before[0]:.1f} before the run, {load_after[0]:.1f} after it.",
         "",

@@ -1,6 +1,7 @@
 """Realistic traffic for one Model-Load API, whatever model it serves; every answer checked.
 
-    locust -f loadtest/locustfile.py --host http://127.0.0.1:8000      # or: make loadtest
+    locust -f loadtest/src/model_loadtest/locustfile.py --host http://127.0.0.1:8000
+    make loadtest                                      # the same, with pass/fail thresholds
 
 At test start the user finds out what is served and builds its requests from that alone:
 the model's name (--model, else GET /ready, else GET /metadata), its signature (GET
@@ -59,7 +60,8 @@ from urllib.parse import quote
 from locust import FastHttpUser, events, task
 from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
-from response_checks import (
+
+from model_loadtest.response_checks import (
     WrongAnswer,
     check_health,
     check_labels,
@@ -69,8 +71,8 @@ from response_checks import (
     check_v2_infer,
     check_v2_outputs,
 )
-from thresholds import RunFigures, breaches
-from v2_requests import (
+from model_loadtest.thresholds import RunFigures, breaches
+from model_loadtest.v2_requests import (
     BadMetadata,
     Signature,
     concrete_shape,

@@ -1,7 +1,7 @@
 """Publish a model version directory to a bucket: the Model-Load way to ship a model.
 
-    uv run python models/publish.py models/iris_svc/v2 gs://ml-models/iris_svc/v2/
-    uv run python models/publish.py models/iris_svc/v2 gs://ml-models/iris_svc/v2/ \
+    uv run python -m model_tools.publish models/iris_svc/v2 gs://ml-models/iris_svc/v2/
+    uv run python -m model_tools.publish models/iris_svc/v2 gs://ml-models/iris_svc/v2/ \
         --sign-key keys/model-signing.key
 
 With --sign-key (an ECDSA private key, PEM: `make keys` makes one), the version is

@@ -1,7 +1,7 @@
 """Train the iris classifier and export it as a versioned ONNX model.
 
-    uv run python models/train.py                  # writes models/iris_svc/v1/
-    uv run python models/train.py --out /tmp/v2    # anywhere else
+    uv run python -m model_tools.train                  # writes models/iris_svc/v1/
+    uv run python -m model_tools.train --out /tmp/v2    # anywhere else
 
 Reproducible: the split, the SVC's internal Platt-scaling folds and the export are
 all seeded, so re-running this script gives the same probabilities (the test
@@ -38,7 +38,10 @@ OUTPUT_NAMES = ("label", "probabilities")
 # ai.onnx 17 / ai.onnx.ml 3: loadable by every onnxruntime since 1.12.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 SAMPLE_ROW = [5.1, 3.5, 1.4, 0.2]  # the seed's setosa example; served by /predict/test
-DEFAULT_OUT = Path(__file__).resolve().parent / "iris_svc" / "v1"
+# models/, where this package lives (models/src/model_tools/): a development tool, run
+# from the checkout (installed editable), never from an image.
+MODELS_DIR = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = MODELS_DIR / "iris_svc" / "v1"
 
 
 @contextlib.contextmanager

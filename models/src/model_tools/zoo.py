@@ -1,8 +1,8 @@
 """Build the model zoo: ONNX models of every shape the API must serve, offline and reproducibly.
 
-    uv run python models/zoo.py                                 # the committed zoo, into models/
-    uv run python models/zoo.py --out /tmp/zoo fixed_batch      # one model, anywhere else
-    uv run python models/zoo.py --out build/models mlp_bench large_mlp   # the benchmark models
+    uv run python -m model_tools.zoo                         # the committed zoo, into models/
+    uv run python -m model_tools.zoo --out /tmp/zoo fixed_batch    # one model, anywhere else
+    uv run python -m model_tools.zoo --out build/models mlp_bench large_mlp  # benchmark models
 
 Each model is written to `<out>/<name>/v1/model.onnx`, alone: a version directory holding
 only model.onnx is what the API must serve (no labels, no config). models/README.md lists
@@ -37,7 +37,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-MODELS_DIR = Path(__file__).resolve().parent
+# models/, where this package lives (models/src/model_tools/): run from the checkout.
+MODELS_DIR = Path(__file__).resolve().parents[2]
 VERSION = "v1"
 MODEL_FILE = "model.onnx"
 # ai.onnx 17 / ai.onnx.ml 3 with IR 8: loadable by every onnxruntime since 1.12, and
