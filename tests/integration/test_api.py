@@ -22,8 +22,9 @@ from tritonclient.utils import InferenceServerException
 from model_api.deferred import FLUSH_SECONDS
 from model_load_harness.api import ApiServer, launch_api, stop_api
 from model_load_harness.ports import free_port
+from model_load_harness.waiting import wait_http
 from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
-from tests.integration.conftest import StartApi, run_loader, wait_http
+from tests.integration.conftest import StartApi, run_loader
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +244,7 @@ def test_ready_goes_503_to_200_when_the_model_arrives(fake_gcs_url: str, tmp_pat
             }
         )
         assert result.returncode == 0, result.stderr
-        wait_http(f"{server.url}/ready", server.process, timeout=30)
+        wait_http(f"{server.url}/ready", timeout=30, process=server.process)
         assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
     finally:
         output = stop_api(server)
