@@ -219,20 +219,31 @@ def throttle_emulator(stack: Stack) -> None:
     )
 
 
+BIG_URI = "gs://ml-models/iris_svc/big/"
+
+
+def start_big_download(stack: Stack, tmp_path: Path, uri: str) -> tuple[Up, float, float, str]:
+    """The emulator alone, the big version published to it at `uri`, its network
+    throttled, then `up` of the rest in a thread; returns once the loader is mid-download:
+    the running `up`, when it started, how far the loader got (%) and the big object's
+    sha256."""
+    stack.compose("up", "-d", "--wait", "fake-gcs")
+    wait_emulator(stack)
+    sha256 = publish_big_version(stack, tmp_path, uri)
+    throttle_emulator(stack)
+    up = Up(stack, MODEL_URI=uri)
+    started = time.monotonic()
+    up.start()
+    return up, started, wait_mid_download(stack), sha256
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="throttling a container's network needs root")
 def test_emulator_gone_mid_download_fails_the_loader_and_the_api_never_starts(
     built_images: None, tmp_path: Path
 ) -> None:
     stack = storage_stack("gcsgone", tmp_path, PROGRESS_EVERY_SECOND)
-    uri = "gs://ml-models/iris_svc/big/"
     try:
-        stack.compose("up", "-d", "--wait", "fake-gcs")
-        wait_emulator(stack)
-        publish_big_version(stack, tmp_path, uri)
-        throttle_emulator(stack)
-        up = Up(stack, MODEL_URI=uri)
-        up.start()
-        percent = wait_mid_download(stack)
+        up, _, percent, _ = start_big_download(stack, tmp_path, BIG_URI)
         stack.compose("kill", "fake-gcs")  # SIGKILL; a `docker kill` is not restarted
         killed = time.monotonic()
         up.join(timeout=120)
@@ -266,16 +277,8 @@ def test_emulator_crash_mid_download_is_retried_through_its_restart(
     built_images: None, tmp_path: Path
 ) -> None:
     stack = storage_stack("gcscrash", tmp_path, PROGRESS_EVERY_SECOND)
-    uri = "gs://ml-models/iris_svc/big/"
     try:
-        stack.compose("up", "-d", "--wait", "fake-gcs")
-        wait_emulator(stack)
-        sha256 = publish_big_version(stack, tmp_path, uri)
-        throttle_emulator(stack)
-        up = Up(stack, MODEL_URI=uri)
-        started = time.monotonic()
-        up.start()
-        percent = wait_mid_download(stack)
+        up, started, percent, sha256 = start_big_download(stack, tmp_path, BIG_URI)
         os.kill(emulator_pid(stack), signal.SIGKILL)  # a crash: the restart policy applies
         killed = time.monotonic()
         wait_emulator(stack)

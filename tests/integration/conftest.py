@@ -13,6 +13,7 @@ import pytest
 
 from model_load_harness.api import ApiServer, launch_api, stop_api
 from model_load_harness.fakegcs import FakeGcs
+from model_load_harness.ports import free_port
 from tests.conftest import MODEL_V1
 
 BUCKET = "ml-models"
@@ -44,6 +45,18 @@ def run_loader(
     return subprocess.run(
         [sys.executable, "-m", "model_loader", *args],
         env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_api_to_exit(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m model_api` with only `env` (and PATH) on a free port, for a start that
+    must fail: it returns when the API exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "model_api"],
+        env={"API_PORT": str(free_port()), "PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
         timeout=timeout,

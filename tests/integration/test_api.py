@@ -24,7 +24,7 @@ from model_load_harness.api import ApiServer, launch_api, stop_api
 from model_load_harness.ports import free_port
 from model_load_harness.waiting import wait_http
 from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
-from tests.integration.conftest import StartApi, run_loader
+from tests.integration.conftest import StartApi, run_api_to_exit, run_loader
 
 
 @pytest.fixture(scope="module")
@@ -298,18 +298,8 @@ def test_a_body_over_the_limit_is_413(api: ApiServer) -> None:
 def test_several_workers_without_a_writable_metrics_dir_exit_2(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    result = subprocess.run(
-        [sys.executable, "-m", "model_api"],
-        env={
-            "MODEL_DIR": str(MODEL_V1),
-            "API_PORT": str(free_port()),
-            "API_WORKERS": "2",
-            "PROMETHEUS_MULTIPROC_DIR": str(not_a_dir),
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_api_to_exit(
+        {"MODEL_DIR": str(MODEL_V1), "API_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(not_a_dir)}
     )
     assert result.returncode == 2
     assert "needs a writable directory for the workers' metrics" in result.stdout

@@ -15,7 +15,7 @@ import numpy as np
 from model_load_harness.fakegcs import FakeGcs
 from model_load_harness.ports import free_port
 from tests.conftest import SETOSA, VIRGINICA
-from tests.integration.conftest import BUCKET, StartApi, run_loader
+from tests.integration.conftest import BUCKET, StartApi, run_api_to_exit, run_loader
 
 V1_URI = f"gs://{BUCKET}/iris_svc/v1/"
 
@@ -170,13 +170,7 @@ def test_loader_waits_for_an_emulator_that_starts_late(gcs_data: Path, tmp_path:
 
 
 def test_api_refuses_to_start_without_a_model(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "model_api"],
-        env={"MODEL_DIR": str(tmp_path), "API_PORT": str(free_port()), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_api_to_exit({"MODEL_DIR": str(tmp_path)})
     assert result.returncode == 3
     assert "cannot serve the model: no model.onnx in" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
