@@ -89,3 +89,4 @@ def test_the_machine_line_names_cores_python_extras_and_load() -> None:
     line = describe_machine("wrk 4.2.0", "")
     assert " CPUs, " in line and "; Python 3." in line and "; wrk 4.2.0; " in line
     assert line.split("; ")[-1].startswith("load average ")
+    assert "load average" not in describe_machine(load=False)

@@ -134,7 +134,9 @@ def main() -> None:
     print(result)
     if args.out:
         machine = describe_machine(
-            f"onnxruntime {ort.__version__}; load average before {load_before}, after {load()}"
+            f"onnxruntime {ort.__version__}",
+            f"load average before {load_before}, after {load()}",
+            load=False,
         )
         args.out.write_text(
             f"# The plain ONNX Runtime loop\n\n`make bench-onnx` on {started}: one "

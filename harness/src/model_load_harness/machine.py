@@ -29,17 +29,19 @@ def docker_version() -> str:
     return f"Docker Engine {version}" if version else "no Docker Engine"
 
 
-def describe_machine(*extras: str) -> str:
+def describe_machine(*extras: str, load: bool = True) -> str:
     """CPU, cores, memory, OS, Python, then `extras` (tool versions, the setup), then the
-    load average now: "Intel(R) ..., 2 CPUs, 8 GiB RAM; Linux 6.1 x86_64; Python 3.12.3;
-    ...; load average 0.52, 0.40, 0.31"."""
+    load average now (unless `load` is false: the caller reports it its own way):
+    "Intel(R) ..., 2 CPUs, 8 GiB RAM; Linux 6.1 x86_64; Python 3.12.3; ...; load
+    average 0.52, 0.40, 0.31"."""
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    average = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     parts = [
         f"{cpu_model()}, {os.cpu_count()} CPUs, {mem_gib:.0f} GiB RAM",
         f"{platform.system()} {platform.release()} {platform.machine()}",
         f"Python {platform.python_version()}",
         *(e for e in extras if e),
-        f"load average {load}",
     ]
+    if load:
+        parts.append(f"load average {average}")
     return "; ".join(parts)
