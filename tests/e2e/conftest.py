@@ -1,4 +1,5 @@
-"""The real Compose stack: built images, compose networks, the named volume.
+"""The real Compose stack (model_load_harness.compose.Stack): built images, compose
+networks, the named volume.
 
 Skipped when no Docker engine (or no Compose v2) is reachable, unless REQUIRE_DOCKER=1:
 then that is a failure, as in CI.
@@ -13,9 +14,6 @@ from collections.abc import Iterator
 import pytest
 
 from model_load_harness.compose import Stack
-
-SERVICE = "com.docker.compose.service"
-NUMBER = "com.docker.compose.container-number"
 
 
 def _docker_problem() -> str | None:
@@ -49,7 +47,6 @@ def built_images() -> None:
 @pytest.fixture(scope="module")
 def stack(built_images: None) -> Iterator[Stack]:
     stack = Stack(f"modelload-e2e-{os.getpid()}")
-    stack.down()
-    stack.compose("up", "-d", "--wait", "--wait-timeout", "180")
+    stack.up()
     yield stack
     stack.down()
