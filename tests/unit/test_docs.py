@@ -9,6 +9,7 @@ repository root; a block marked `bash` needs the stack or a cluster and is only 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -216,16 +217,29 @@ def test_named_make_target_exists(target: str) -> None:
     assert result.returncode == 0, f"{NAMED_TARGETS[target]}: make {target}: {result.stderr}"
 
 
-def test_scripts_named_in_commands_exist() -> None:
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def test_scripts_and_modules_named_in_commands_exist() -> None:
+    """`python path/to/script.py` names a file; `python -m package.module` a module of the
+    development environment (the workspace members are installed in it)."""
     missing = []
     for doc in DOCS.values():
         for where, line in shell_lines(doc):
-            for word in tokens(line):
+            words = tokens(line)
+            for i, word in enumerate(words):
                 word = word.split("=", 1)[-1]
                 if re.fullmatch(r"[\w.-]+(/[\w.-]+)+\.(py|sh)", word):
                     base = ROOT if (ROOT / word.split("/")[0]).exists() else doc.path.parent
                     if not (base / word).is_file():
                         missing.append(f"{where}: {word}")
+                after_python = i and words[i - 1].startswith("python") and i + 1 < len(words)
+                if word == "-m" and after_python and not importable(words[i + 1]):
+                    missing.append(f"{where}: python -m {words[i + 1]}")
     assert not missing, "\n".join(missing)
 
 
