@@ -25,8 +25,8 @@ from model_loader.config import LoaderSettings
 ROOT = Path(__file__).resolve().parents[2]
 README_MAX_LINES = 200
 LINE_MAX_CHARS = 100
-# Held to LINE_MAX_CHARS, with docs/*.md.
-WRAPPED = {ROOT / "README.md", ROOT / "bench" / "README.md"}
+# Results files are written by the benchmarks, with their tables as wide as they come.
+GENERATED = "results"
 SHELL_LANGS = ("sh", "bash")
 COMMAND_WORDS = ("make", "uv", "python", "python3", "bash", "docker", "kubectl")
 
@@ -270,7 +270,7 @@ def test_readme_is_short() -> None:
 def test_lines_are_wrapped() -> None:
     wide = []
     for path, doc in DOCS.items():
-        if path not in WRAPPED and path.parent != ROOT / "docs":
+        if path.parent.name == GENERATED:
             continue
         rows = list(doc.prose)
         rows += [
