@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic_core import PydanticUndefined
 
 from model_api.config import ApiSettings
@@ -391,3 +392,26 @@ def test_compose_knobs_exist_and_defaults_match() -> None:
             m = re.search(rf"^{name} \?= *(.*)$", makefile, flags=re.MULTILINE)
             assert m, f"{name} is read by no compose file and set in no Makefile"
             assert documented == m[1].strip(), name
+
+
+@pytest.mark.parametrize(
+    ("service", "settings"), [("api", ApiSettings), ("loader", LoaderSettings)], ids=str
+)
+def test_compose_spells_out_the_documented_defaults(service: str, settings: type) -> None:
+    """docs/configuration.md says compose.yaml sets the classes' defaults, MODEL_URI aside."""
+    environment = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][service][
+        "environment"
+    ]
+    differ = []
+    for name, value in environment.items():
+        field = next(
+            (f for f in settings.model_fields.values() if f.validation_alias == name), None
+        )
+        if field is None or field.default is PydanticUndefined:
+            continue
+        m = re.fullmatch(r"\$\{[A-Z0-9_]+(?::?([-+])(.*))?\}", str(value))
+        value = (m[2] if m[1] == "-" else "") if m else str(value).lower()
+        expected = expected_default(field.default)
+        if value != expected and not (expected is None and value in ("", "auto")):
+            differ.append(f"{name}: compose {value!r}, default {expected!r}")
+    assert not differ, "\n".join(differ)
