@@ -22,7 +22,7 @@ up: ## build, start, wait until the API is ready, print its URL
 	$(COMPOSE) up -d --build --wait --wait-timeout 300
 	@echo "API ready: http://127.0.0.1:$(API_HOST_PORT)  (try: curl http://127.0.0.1:$(API_HOST_PORT)/predict/test)"
 
-# GCS_CREDENTIALS_FILE=key.json MODEL_URI=gs://bucket/name/version/ make up-gcs  (README: "Real GCS with Compose")
+# GCS_CREDENTIALS_FILE=key.json MODEL_URI=gs://bucket/name/version/ make up-gcs  (docs/operations.md)
 up-gcs: ## like up, but the loader reads real GCS with the key file GCS_CREDENTIALS_FILE
 	$(COMPOSE) -f compose.yaml -f compose.gcs.yaml up -d --build --wait --wait-timeout 300
 	@echo "API ready: http://127.0.0.1:$(API_HOST_PORT)  (serving $(MODEL_URI))"
@@ -36,7 +36,7 @@ logs: ## follow the stack's logs
 ps: ## the stack's containers, the finished loader included
 	$(COMPOSE) ps -a
 
-# --- rollouts (README: "Updating a model") -------------------------------------
+# --- rollouts (docs/operations.md, "Updating a model") ------------------------
 # make rollout MODEL_URI=gs://ml-models/iris_svc/v2/    make rollback
 ROLLOUT_TIMEOUT ?= 180
 ROLLOUT = uv run --frozen python proxy/rollout.py --compose "$(COMPOSE)" --timeout $(ROLLOUT_TIMEOUT)

@@ -8,7 +8,7 @@ the read-only mount and answers the seed's setosa example; the securityContext h
 root with a writable /tmp); a loader that fails (a version not in the bucket: exit 4)
 keeps the API container from ever starting.
 
-What podman 4.3 cannot do is adapted here, in the harness, never in k8s/ (README,
+What podman 4.3 cannot do is adapted here, in the harness, never in k8s/ (k8s/README.md,
 "Testing the manifests"): restartPolicy Never (podman restarts a finished init container
 under Always), no `ports` (podman would publish each containerPort on the host) and
 numeric probe ports (it turns named ones into 0), hostAliases for the `fake-gcs` Service

@@ -35,8 +35,8 @@ def test_help_shows_flags_examples_and_every_documented_exit_code(
     for flag in ("--source", "--dest", "--sha256", "--timeout", "--dry-run"):
         assert flag in out
     assert "examples:" in out
-    readme = (MODEL_V1.parents[2] / "README.md").read_text()
-    table = readme.split("### Loader exit codes", 1)[1].split("\n## ", 1)[0]
+    runbook = (MODEL_V1.parents[2] / "docs" / "operations.md").read_text()
+    table = runbook.split("## Loader exit codes", 1)[1].split("\n## ", 1)[0]
     for code in re.findall(r"^\| (\d+)(?: / (\d+))? \|", table, flags=re.MULTILINE):
         for c in filter(None, code):
             assert re.search(rf"^  {c}\b|; {c} by", out, flags=re.MULTILINE), c

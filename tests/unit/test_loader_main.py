@@ -45,9 +45,9 @@ def test_exit_codes_are_distinct_and_documented() -> None:
     }
     assert sorted(codes.values()) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert Interrupted(15).exit_code == 143
-    readme = (MODEL_V1.parents[2] / "README.md").read_text()
+    runbook = (MODEL_V1.parents[2] / "docs" / "operations.md").read_text()
     for code in range(1, 9):
-        assert f"| {code} |" in readme, f"exit code {code} is not in README's table"
+        assert f"| {code} |" in runbook, f"exit code {code} is not in docs/operations.md's table"
 
 
 def test_success_returns_zero(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
