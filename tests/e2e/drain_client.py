@@ -7,9 +7,12 @@ Every request is classified:
             retry anywhere);
   in_flight connected and the whole request sent, but no complete 200 response (reset,
             EOF, timeout, or another status): the failures a drain must prevent.
-A "balancer" thread polls /ready every 0.2 s, like a readiness probe. Once it fails, the
-clients go on for --propagation seconds (endpoint removal is not instant), then stop,
-unless --ignore-ready: then they stop after --refused-for seconds of refused connects.
+Prints "load started", then "load flowing" once --flowing requests were ok (the test
+stops the replica then, not after a fixed time in which a busy machine may serve far
+fewer). A "balancer" thread polls /ready every 0.2 s, like a readiness probe. Once it
+fails, the clients go on for --propagation seconds (endpoint removal is not instant),
+then stop, unless --ignore-ready: then they stop after --refused-for seconds of refused
+connects (or --max-seconds after the load was flowing).
 Prints one JSON line with the counts.
 """
 
@@ -34,7 +37,8 @@ def main() -> None:
     parser.add_argument("--propagation", type=float, default=1.0)
     parser.add_argument("--ignore-ready", action="store_true")
     parser.add_argument("--refused-for", type=float, default=2.0)
-    parser.add_argument("--max-seconds", type=float, default=60)
+    parser.add_argument("--flowing", type=int, default=100)
+    parser.add_argument("--max-seconds", type=float, default=60, help="from the load flowing")
     args = parser.parse_args()
 
     body = json.dumps({"data": [ROW] * args.rows}).encode()
@@ -45,6 +49,7 @@ def main() -> None:
     failed_at: list[float] = []  # seconds since the start, of each in-flight failure
     refused_at: list[float] = []
     stop = threading.Event()
+    flowing = threading.Event()
     started = time.monotonic()
 
     def count(key: str, error: str | None = None) -> None:
@@ -52,6 +57,9 @@ def main() -> None:
             counts[key] += 1
             if key == "ok" and not_ready_at:
                 counts["ok_after_not_ready"] += 1
+            if key == "ok" and counts["ok"] == args.flowing:
+                print("load flowing", flush=True)
+                flowing.set()
             elif key == "in_flight":
                 failed_at.append(round(time.monotonic() - started, 2))
             elif key == "refused" and not refused_at:
@@ -97,13 +105,16 @@ def main() -> None:
 
     def balancer() -> None:
         while not stop.is_set():
+            conn = http.client.HTTPConnection(args.host, args.port, timeout=5)
             try:
-                conn = http.client.HTTPConnection(args.host, args.port, timeout=1)
                 conn.request("GET", "/ready")
                 ready = conn.getresponse().status == 200
-                conn.close()
+            except TimeoutError:
+                continue  # no answer yet on a busy machine: not an answer; ask again
             except (OSError, http.client.HTTPException):
                 ready = False
+            finally:
+                conn.close()
             if not ready and not not_ready_at:
                 not_ready_at.append(time.monotonic())
                 if not args.ignore_ready:
@@ -117,8 +128,10 @@ def main() -> None:
     watcher = threading.Thread(target=balancer, daemon=True)
     watcher.start()
     print("load started", flush=True)
+    flowing.wait(timeout=args.max_seconds)
+    flowing_at = time.monotonic()
     for thread in threads:
-        thread.join(timeout=max(0.0, args.max_seconds - (time.monotonic() - started)))
+        thread.join(timeout=max(0.0, args.max_seconds - (time.monotonic() - flowing_at)))
     stop.set()
     summary = {
         **counts,

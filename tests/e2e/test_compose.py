@@ -33,7 +33,7 @@ def test_seed_predictions_through_the_published_port(stack: Stack) -> None:
 # send V2 inferences on new connections (the kernel spreads them over the workers), then
 # scrape /metrics until all of them are counted; print both as JSON.
 IN_CONTAINER = """
-import json, sys, time, urllib.request
+import json, sys, time, urllib.error, urllib.request
 base, count, flush = "http://127.0.0.1:8000", 10, float(sys.argv[1])
 deadline = time.monotonic() + 60
 while True:
@@ -46,21 +46,28 @@ while True:
     time.sleep(0.2)
 body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
-answers = []
-for _ in range(count):
+# /ready answered by one worker: the other may still be warming up (503), for as long as
+# a busy machine makes it take. Sent until `count` were served.
+answers, unready, deadline = [], 0, time.monotonic() + 60
+while len(answers) < count:
     request = urllib.request.Request(base + "/v2/models/iris_svc/versions/v1/infer", body,
                                      {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as r:
-        outputs = {o["name"]: o["data"] for o in json.load(r)["outputs"]}
-        answers.append([r.status, r.headers["x-model-version"], outputs["probabilities"][0] > 0.9])
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            outputs = {o["name"]: o["data"] for o in json.load(r)["outputs"]}
+            answers.append([r.status, r.headers["x-model-version"],
+                            outputs["probabilities"][0] > 0.9])
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503 and time.monotonic() < deadline, exc
+        unready += 1
 line = 'http_requests_total{method="POST",route="/v2/models/{name}/versions/{version}/infer",'
-deadline = time.monotonic() + 20 * flush
+deadline = time.monotonic() + 30  # each worker flushes its counts within `flush` seconds
 while True:
     metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
     if line + 'status="200"} %d.0' % count in metrics or time.monotonic() > deadline:
         break
     time.sleep(flush / 2)
-print(json.dumps({"answers": answers, "metrics": metrics}))
+print(json.dumps({"answers": answers, "unready": unready, "metrics": metrics}))
 """
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -51,7 +50,8 @@ def load_through_stop(replica: dict[str, Any], *client_args: str) -> dict[str, A
     try:
         assert client.stdout is not None
         assert client.stdout.readline().strip() == "load started"
-        time.sleep(3)
+        flowing = client.stdout.readline().strip()  # after 100 ok requests, however long
+        assert flowing == "load flowing", flowing
         subprocess.run(
             ["docker", "stop", "-t", "60", replica["Id"]],
             check=True,

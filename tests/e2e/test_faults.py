@@ -23,7 +23,12 @@ def test_emulator_starting_late_is_waited_for(built_images: None) -> None:
     stack = Stack(f"modelload-e2e-late-{os.getpid()}")
     try:
         stack.compose("up", "-d", "--no-deps", "loader")  # storage does not exist yet
-        time.sleep(10)
+        # Storage comes once the loader has found it missing (a fixed delay would race the
+        # loader's start-up on a busy machine), well within its LOADER_WAIT_SECONDS.
+        wait_for(
+            lambda: "not answering yet" in stack.compose("logs", "--no-color", "loader").stdout,
+            "the loader finding no storage",
+        )
         stack.compose("up", "-d", "--wait", "--wait-timeout", "120")
         loader = stack.inspect("loader")["State"]
         assert loader["ExitCode"] == 0

@@ -44,7 +44,7 @@ def roll(stack: Stack, old: str, new: str, *make_args: str) -> float:
         began = time.monotonic()
         result = stack.rollout(*make_args)
         returned = time.monotonic()
-        traffic.wait_for(100)
+        traffic.wait_for(100, sent_since=returned)
     answers = traffic.answers
     before = [a for a in answers if a.sent < began]
     during = [a for a in answers if began <= a.sent < returned]

@@ -49,12 +49,20 @@ class Traffic:
             thread.join()
         return self.answers
 
-    def wait_for(self, count: int, timeout: float = 60) -> None:
-        """Until `count` more answers came (the traffic is flowing)."""
-        target, deadline = len(self.answers) + count, time.monotonic() + timeout
-        while len(self.answers) < target:
+    def wait_for(self, count: int, timeout: float = 60, sent_since: float | None = None) -> None:
+        """Until `count` more answers came (the traffic is flowing); with `sent_since`,
+        until `count` answers to requests sent at or after that time.monotonic() (those
+        in flight at that moment, sent before, do not count)."""
+        deadline = time.monotonic() + timeout
+        already = len(self.answers) if sent_since is None else 0
+        while self._answered(sent_since) - already < count:
             assert time.monotonic() < deadline, f"fewer than {count} answers in {timeout} s"
             time.sleep(0.05)
+
+    def _answered(self, sent_since: float | None) -> int:
+        if sent_since is None:
+            return len(self.answers)
+        return sum(a.sent >= sent_since for a in self.answers)
 
     def _client(self) -> None:
         interval = 1 / self.rate

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 MEDIA = "alt=media"  # object downloads (listing and metadata requests do not carry it)
@@ -176,7 +177,7 @@ class FaultProxy:
             handler.wfile.flush()
             assert fault is not None
             if fault.reset_after is not None:
-                time.sleep(0.3)  # let the client read what was sent: a reset drops unread data
+                _wait_until_read(handler.connection)  # a reset drops what is still unread
                 # SO_LINGER 0: close() sends RST, as a dropped connection does.
                 handler.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
@@ -215,3 +216,28 @@ class FaultProxy:
             return 416, headers, b""
         headers.append(("Content-Range", f"bytes {start}-{end - 1}/{len(data)}"))
         return 206, headers, data[start:end]
+
+
+def _wait_until_read(conn: socket.socket, timeout: float = 30) -> None:
+    """Until the client (on this machine) has read everything sent on `conn`, as a
+    client far away would have before a reset that comes later; `timeout` at most."""
+    ours, theirs = _proc_address(conn.getsockname()), _proc_address(conn.getpeername())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # /proc/net/tcp: "sl local remote st tx_queue:rx_queue ...", one line per end.
+        queues = {}
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            tx, rx = (int(q, 16) for q in fields[4].split(":"))
+            queues[fields[1], fields[2]] = tx, rx
+        if (ours, theirs) not in queues or (theirs, ours) not in queues:
+            return  # a connection gone (or not IPv4 loopback): nothing left to wait for
+        if queues[ours, theirs][0] == 0 and queues[theirs, ours][1] == 0:
+            return  # nothing left in our send queue, nor unread in theirs
+        time.sleep(0.01)
+
+
+def _proc_address(address: tuple[str, int]) -> str:
+    """An IPv4 address as /proc/net/tcp writes it: the address in host byte order."""
+    host, port = address[:2]
+    return f"{struct.unpack('=I', socket.inet_aton(host))[0]:08X}:{port:04X}"

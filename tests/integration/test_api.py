@@ -203,12 +203,15 @@ def test_json_access_log_carries_the_request_id(start_api: StartApi) -> None:
 
 def test_metrics_add_up_across_workers(loaded_model_dir: Path, start_api: StartApi) -> None:
     server = start_api(loaded_model_dir, API_WORKERS="2")
-    # A new connection each time: the kernel spreads them over the workers. (A worker
-    # still warming up when the first answered /ready says 503: counted as such.)
-    statuses = Counter(
-        httpx.post(f"{server.url}/predict", json={"data": [SETOSA]}).status_code for _ in range(20)
-    )
-    assert statuses[200] >= 10, statuses
+    # A new connection each time: the kernel spreads them over the workers. A worker
+    # still warming up when the first answered /ready says 503 (for as long as a busy
+    # machine makes it take): counted as such, and sent until 20 were served.
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + 60
+    while statuses[200] < 20:
+        assert time.monotonic() < deadline, statuses
+        statuses[httpx.post(f"{server.url}/predict", json={"data": [SETOSA]}).status_code] += 1
+    assert set(statuses) <= {200, 503}, statuses
 
     def key(status: int) -> tuple[str, tuple[tuple[str, str], ...]]:
         labels = (("method", "POST"), ("route", "/predict"), ("status", str(status)))
@@ -219,8 +222,9 @@ def test_metrics_add_up_across_workers(loaded_model_dir: Path, start_api: StartA
         return {status: metrics.get(key(status), 0.0) for status in statuses}
 
     # Any worker may answer the scrape; each reads every worker's files, which a worker
-    # brings up to date within FLUSH_SECONDS of a request (the answering one at once).
-    deadline = time.monotonic() + 20 * FLUSH_SECONDS
+    # brings up to date within FLUSH_SECONDS of a request (the answering one at once),
+    # given its event loop gets the CPU: waited for, generously.
+    deadline = time.monotonic() + 30
     while counted() != statuses and time.monotonic() < deadline:
         time.sleep(FLUSH_SECONDS / 2)
     for _ in range(3):

@@ -217,7 +217,7 @@ def test_a_client_gone_mid_body_is_counted_as_499(api: ApiServer) -> None:
     with socket.create_connection(address(api), timeout=10) as sock:
         sock.sendall(post("/predict", b"", JSON, "Content-Length: 100") + b'{"data": [[')
         time.sleep(0.1)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a deadline, not an expectation: it takes ms
     while gone() != before + 1:
         assert time.monotonic() < deadline, f"499 count stayed {gone()} (was {before})"
         time.sleep(0.05)

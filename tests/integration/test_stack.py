@@ -137,7 +137,7 @@ def test_unreachable_storage_exits_3_within_the_wait(tmp_path: Path) -> None:
 
 def test_loader_waits_for_an_emulator_that_starts_late(gcs_data: Path, tmp_path: Path) -> None:
     late = FakeGcs(url=f"http://127.0.0.1:{free_port()}", data=gcs_data)
-    # Start the emulator 2 s after the loader began listing (not after a fixed delay:
+    # Start the emulator once the loader has found it missing (not after a fixed delay:
     # on a busy machine the loader's own start-up can take longer than that).
     process = subprocess.Popen(
         [sys.executable, "-m", "model_loader"],
@@ -154,8 +154,7 @@ def test_loader_waits_for_an_emulator_that_starts_late(gcs_data: Path, tmp_path:
     try:
         for line in process.stderr:
             lines.append(line)
-            if "listing" in line:
-                time.sleep(2.0)
+            if "not answering yet" in line:
                 late.start()
                 break
         lines.extend(process.stderr)
