@@ -288,3 +288,123 @@ def test_uvicorn_builds_the_guard_and_the_app_sees_its_connections_guard() -> No
     assert type(guard.inner).__module__ == "uvicorn.protocols.http.httptools_impl"
     assert guard.complete == guard.answers == 2 and guard.busy == 0
     assert guard.inner.app_state.get("marker") == "from the lifespan"
+
+
+# -- one send per answer ---------------------------------------------------------------
+class RecordingTransport:
+    """The socket's side of asyncio's Transport interface, recording what is written:
+    the guard and uvicorn's protocol above it are the real ones."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def guarded_connection(body: bytes) -> tuple[Guard, RecordingTransport]:
+    """A guard as uvicorn makes one, on a recording transport, serving an app that
+    answers `body` the way the API's middleware does (answering / answered)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        guard = current_guard.get()
+        assert guard is not None
+        close = guard.answering()
+        headers = [(b"content-length", b"%d" % len(body))]
+        headers += [(b"connection", b"close")] if close else []
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            guard.answered()
+
+    config = uvicorn.Config(app, http=GUARD, log_config=None, lifespan="off")
+    config.load()
+    guard = Guard(config=config, server_state=uvicorn.server.ServerState(), app_state={})
+    transport = RecordingTransport()
+    guard.connection_made(transport)
+    return guard, transport
+
+
+async def settle(guard: Guard, answers: int) -> None:
+    for _ in range(500):
+        if guard.answers >= answers:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{guard.answers} answers of {answers}")
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: api\r\n\r\n"
+
+
+def test_an_answers_head_and_body_leave_in_one_send() -> None:
+    async def scenario() -> None:
+        guard, transport = guarded_connection(b"ok")
+        guard.data_received(REQUEST)
+        await settle(guard, 1)
+        guard.data_received(REQUEST)  # kept alive: the next answer alike
+        await settle(guard, 2)
+        assert len(transport.writes) == 2, transport.writes
+        for write in transport.writes:
+            assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\nok")
+        guard.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_large_body_follows_its_head_without_a_copy() -> None:
+    async def scenario() -> None:
+        body = b"x" * 200_000
+        guard, transport = guarded_connection(body)
+        guard.data_received(REQUEST)
+        await settle(guard, 1)
+        assert len(transport.writes) == 2
+        assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+        assert transport.writes[1] == body
+        guard.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_half_closed_clients_last_answer_is_sent_before_the_close() -> None:
+    async def scenario() -> None:
+        guard, transport = guarded_connection(b"ok")
+        guard.data_received(REQUEST)
+        guard.eof_received()
+        await settle(guard, 1)
+        assert transport.closed
+        assert len(transport.writes) == 1 and transport.writes[0].endswith(b"ok")
+        assert b"connection: close" in transport.writes[0]
+
+    asyncio.run(scenario())
+
+
+def test_uvicorns_own_answers_are_not_held() -> None:
+    """A malformed request: uvicorn answers 400 itself (no app, no answering()), at once."""
+
+    async def scenario() -> None:
+        guard, transport = guarded_connection(b"ok")
+        guard.data_received(b"NOT HTTP\r\n\r\n")
+        await asyncio.sleep(0)
+        assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 400 ")
+        assert transport.closed
+
+    asyncio.run(scenario())

@@ -1,7 +1,7 @@
 """What the container allows (CPUs, memory) and how the API uses it: worker processes,
 ONNX Runtime threads, and whether the model fits at all.
 
-The rule API_WORKERS=auto follows (docs: README.md, "Workers, threads and memory"):
+The rule API_WORKERS=auto follows (docs/configuration.md, "Workers, threads and memory"):
 
 - A model of LARGE_MODEL_BYTES or more is held once: one worker process, with as many
   intra-op threads as the container has CPUs. Each worker holds its own copy of the
@@ -9,7 +9,7 @@ The rule API_WORKERS=auto follows (docs: README.md, "Workers, threads and memory
 - So is a compute-bound one, whose one inference takes HEAVY_SECONDS or more on one
   thread (measured at start): ONNX Runtime's threads use the cores on batches the one
   worker stacks from all connections, where several workers would each stack fewer
-  requests and hold a copy each (measured: docs in README.md).
+  requests and hold a copy each (measured: docs/configuration.md).
 - A small, fast model gets one worker per CPU, each with one intra-op thread: its
   request is mostly Python (HTTP, decoding), which only processes run in parallel.
 - Either way no more workers than the memory limit holds.
@@ -35,7 +35,8 @@ MiB = 1 << 20
 LARGE_MODEL_BYTES = 64 * MiB
 # A model whose one inference on one thread takes this long is compute-bound (one worker).
 HEAVY_SECONDS = 0.001
-# Measured (README, "Workers, threads and memory"): RSS of a worker serving a tiny model.
+# RSS of a worker serving a tiny model (measured: docs/configuration.md, "Workers, threads
+# and memory").
 WORKER_BYTES = 110 * MiB
 # Measured: peak RSS growth while loading, per byte of model file.
 LOAD_FACTOR = 1.35

@@ -217,34 +217,36 @@ class RequestMiddleware:
             guard = current_guard.get()
             close = guard.answering() if guard is not None else False
             try:
-                pending = hot.endpoint(call)
-                reply = pending.reply(await pending.result)
-                status = 200
-                response_headers = [
-                    (b"content-type", reply.content_type),
-                    (b"content-length", b"%d" % len(reply.body)),
-                    (b"x-model-version", reply.model_version.encode()),
-                    (b"x-request-id", rid),
-                    *reply.headers,
-                ]
-                response_body = reply.body
-            except ApiError as exc:
-                status, response_headers, response_body = error_answer(rid, exc)
-            except Exception:
-                log.exception(
-                    "unexpected error serving %s", hot.template, extra={"request_id": rid_text}
+                try:
+                    pending = hot.endpoint(call)
+                    reply = pending.reply(await pending.result)
+                    status = 200
+                    response_headers = [
+                        (b"content-type", reply.content_type),
+                        (b"content-length", b"%d" % len(reply.body)),
+                        (b"x-model-version", reply.model_version.encode()),
+                        (b"x-request-id", rid),
+                        *reply.headers,
+                    ]
+                    response_body = reply.body
+                except ApiError as exc:
+                    status, response_headers, response_body = error_answer(rid, exc)
+                except Exception:
+                    log.exception(
+                        "unexpected error serving %s", hot.template, extra={"request_id": rid_text}
+                    )
+                    status, response_headers, response_body = error_answer(
+                        rid, ApiError("internal server error")
+                    )
+                if close:
+                    response_headers.append(CLOSE)
+                await send(
+                    {"type": "http.response.start", "status": status, "headers": response_headers}
                 )
-                status, response_headers, response_body = error_answer(
-                    rid, ApiError("internal server error")
-                )
-            if close:
-                response_headers.append(CLOSE)
-            await send(
-                {"type": "http.response.start", "status": status, "headers": response_headers}
-            )
-            await send({"type": "http.response.body", "body": response_body})
-            if guard is not None:
-                guard.answered()
+                await send({"type": "http.response.body", "body": response_body})
+            finally:
+                if guard is not None:
+                    guard.answered()
         except ApiError as exc:  # refused before the body was read whole
             status = await send_error(send, rid, exc)
         except ClientDisconnected:

@@ -1,7 +1,7 @@
 """The optional model config: `model-config.json` beside `model.onnx`.
 
 Everything in it is optional, and so is the file: without it the server derives what it
-needs from the model itself. docs: README.md, "Bring your own model".
+needs from the model itself. docs: docs/models.md.
 
     {
       "labels": ["setosa", "versicolor", "virginica"],

@@ -52,7 +52,7 @@ exit codes (the reason is one line on stderr, and in LOADER_TERMINATION_LOG):
   8    MODEL_DIR not writable, too small or full
   130  interrupted by SIGINT; 143 by SIGTERM; nothing published
 
-Every setting is also an environment variable (README.md, "Configuration").
+Every setting is also an environment variable (docs/configuration.md).
 """
 
 # flag -> environment variable it mirrors
