@@ -133,7 +133,7 @@ loadtest-capacity: venv ## step load through STEPS users: chart + verdict (highe
 	@$(RUN_DIR) && $(LOCUST) -f $(CAPACITY_LOCUSTFILE) --headless --steps $(STEPS) --step-seconds $(STEP_SECONDS) --settle-seconds $(SETTLE_SECONDS) --api-container '$(API_CONTAINER)' --steps-out $$out/steps.json --csv $$out/stats --html $$out/report.html --only-summary \
 	  && uv run --frozen python -m model_load_bench.capacity_report $$out/steps.json --p99-ms $(P99_MS) --out $$out/capacity.png
 
-# make soak SOAK_USERS=134 SOAK_SECONDS=600   (loadtest/README.md, "make soak")
+# make soak SOAK_USERS=134 SOAK_SECONDS=600   (bench/README.md, "make soak")
 SOAK_USERS ?= 134
 SOAK_SECONDS ?= 600
 soak: venv ## 10 min of locust at ~70% capacity on its own stack: errors, p99/min, API RSS -> bench/results/soak.md

@@ -332,7 +332,7 @@ def main() -> int:
         "proxy's own cost; *from the host* adds Docker's userland proxy (docker-proxy), "
         "which relays every published port, to both doors. Per-replica CPU shows how the "
         "load spreads; capacity with more CPUs is per-replica capacity x replicas "
-        "(README, Operations).",
+        '(docs/performance.md, "Sizing").',
     ]
     print("\n".join(lines))
     args.out.write_text("\n".join(lines) + "\n")
