@@ -46,8 +46,8 @@ while True:
     time.sleep(0.2)
 body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
-# /ready answered by one worker: the other may still be warming up (503), for as long as
-# a busy machine makes it take. Sent until `count` were served.
+# /ready is 200 only once both workers are warm, so none should answer 503; one that does
+# is counted (the test fails on it) and the request sent again, to show the rest.
 answers, unready, deadline = [], 0, time.monotonic() + 60
 while len(answers) < count:
     request = urllib.request.Request(base + "/v2/models/iris_svc/versions/v1/infer", body,
@@ -90,6 +90,7 @@ def test_v2_and_metrics_of_several_workers_in_the_hardened_container(stack: Stac
         ).stdout
     finally:
         subprocess.run(["docker", "rm", "--force", name], capture_output=True)
+    assert out["unready"] == 0, "a worker answered 503 after /ready said 200"
     assert out["answers"] == [[200, "v1", True]] * 10  # setosa, with p > 0.9
     line = 'http_requests_total{method="POST",route="/v2/models/{name}/versions/{version}/infer"'
     assert f'{line},status="200"}} 10.0' in out["metrics"]

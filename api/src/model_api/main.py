@@ -31,6 +31,7 @@ from model_api.metrics import Metrics
 from model_api.middleware import HotRoutes, RequestMiddleware
 from model_api.model import OnnxModel
 from model_api.routes import health, metrics, seed, v2
+from model_api.workers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,17 @@ class AppState:
     metrics: Metrics
     drain: Drain
     dataplane: DataPlane
+    peers: Peers
     load_error: ModelError | None = None
+
+    def ready(self) -> bool:
+        """Serving: the model is warm, no drain has begun, and (with several workers)
+        every worker of this container is warm too (model_api.workers)."""
+        return (
+            self.dataplane.model is not None
+            and not self.drain.draining
+            and (self.peers.all_ready())
+        )
 
 
 class ModelApp(FastAPI):
@@ -90,6 +101,7 @@ def create_app(
     hot_routes: HotRoutes = dict(seed.HOT_ROUTES)
     access_log = AccessLog.enabled(settings.log_format, settings.access_log)
     threads = settings.ort_threads or 1
+    peers = Peers.from_env(settings.workers or 1)
 
     def serve(loaded: OnnxModel) -> None:
         dataplane.serve(loaded)
@@ -98,6 +110,7 @@ def create_app(
             loaded.name, loaded.version, loaded.sha256, loaded.signer or ""
         ).set(1)
         app_metrics.load_seconds.set(loaded.load_seconds)
+        peers.mark_ready()
         log.info("ready: serving %s %s", loaded.name, loaded.version)
 
     async def load_in_background(app: ModelApp) -> None:
@@ -126,6 +139,7 @@ def create_app(
         if access_log is not None:
             access_log.flush()
         undo_drain()
+        peers.unmark()
         dataplane.close()
         if task is not None and not task.done():
             task.cancel()
@@ -141,7 +155,9 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.state = AppState(settings=settings, metrics=app_metrics, drain=drain, dataplane=dataplane)
+    app.state = AppState(
+        settings=settings, metrics=app_metrics, drain=drain, dataplane=dataplane, peers=peers
+    )
     install_error_handlers(app)
     app.front = RequestMiddleware(
         app.behind_front,

@@ -22,6 +22,7 @@ from model_api.dataplane import load_model
 from model_api.errors import ModelError, ModelMissingError
 from model_api.main import EXIT_MODEL, create_app, served
 from model_api.model import model_size
+from model_api.workers import make_ready_dir
 
 log = logging.getLogger("model_api")
 
@@ -97,10 +98,11 @@ def run(settings: ApiSettings) -> int:
         return _serve_here(settings)
     try:
         _metrics_dir()
+        make_ready_dir()
     except OSError as exc:
         log.error(
             "bad configuration: API_WORKERS=%d needs a writable directory for the workers' "
-            "metrics (a /tmp volume, or PROMETHEUS_MULTIPROC_DIR): %s",
+            "metrics and readiness (a /tmp volume, or PROMETHEUS_MULTIPROC_DIR): %s",
             chosen.workers,
             exc,
         )

@@ -1,5 +1,6 @@
-"""Liveness and readiness. Live while the process runs; ready once the model is warm,
-and no longer once SIGTERM started the drain (model_api.drain)."""
+"""Liveness and readiness. Live while the process runs; ready once the model is warm (in
+every worker: model_api.workers), and no longer once SIGTERM started the drain
+(model_api.drain)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ async def health() -> HealthResponse:
 @router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def ready(request: Request) -> JSONResponse:
     model = request.app.state.dataplane.model
-    if model is None or request.app.state.drain.draining:
+    if model is None or not request.app.state.ready():
         return JSONResponse(ReadyResponse(ready=False).model_dump(), status_code=503)
     body = ReadyResponse(ready=True, model_name=model.name, model_version=model.version)
     return JSONResponse(body.model_dump())
@@ -33,6 +34,5 @@ async def v2_live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready")
 async def v2_ready(request: Request) -> JSONResponse:
-    state = request.app.state
-    is_ready = state.dataplane.model is not None and not state.drain.draining
+    is_ready = request.app.state.ready()
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
