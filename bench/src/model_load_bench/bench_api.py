@@ -11,8 +11,10 @@ per scenario:
       reading the same POST body and returning a fixed small JSON body;
   (b) compute ceiling: ONNX Runtime `session.run` on one row in a loop, in process; and
       the same with the CPU caches flushed between runs, as serving HTTP does;
-  references: the bare app under stock uvicorn (no guard: what the guard costs), and
-      FastAPI with one route returning the same fixed body (the framework's cost);
+  references: the bare app under stock uvicorn (no guard: what the guard costs),
+      FastAPI with one route returning the same fixed body (the framework's cost), and
+      the bare app and the API under granian (another ASGI server: what switching
+      servers would buy);
   the API (iris_svc): POST /predict with 1 row and with 32 rows, POST /v2/.../infer with
       1 row, with each INFERENCE_MODE (loop, thread); /predict without the access log.
 
@@ -127,6 +129,14 @@ STOCK_APP = BARE_APP.replace(
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False)
 """,
 )
+
+# Another well-kept ASGI server, on its public CLI, set up like the API's uvicorn (one
+# worker, uvloop, HTTP/1 only): what switching servers would buy.
+GRANIAN = [
+    sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1",
+    "--loop", "uvloop", "--runtime-mode", "st", "--http", "1", "--no-ws",
+    "--host", "127.0.0.1", "--log-level", "warning",
+]  # fmt: skip
 
 # wrk: POST a fixed body; print the summary as one JSON line at the end.
 LUA = """
@@ -316,22 +326,59 @@ def median_of(runs: list[Result], rounds: int) -> Result:
 
 def run_bare(args: argparse.Namespace, source: str = BARE_APP, name: str = "") -> Result:
     port = free_port()
-    process = subprocess.Popen(
+    return run_server(
         [sys.executable, "-c", source, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        port,
+        "/",
+        args,
+        name or "(a) HTTP ceiling: bare ASGI app, same uvicorn",
+    )
+
+
+def run_server(
+    command: list[str],
+    port: int,
+    ready: str,
+    args: argparse.Namespace,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """POST /predict with 1 row to a server started by `command` on `port`, once `ready`
+    answers."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_answering(f"http://127.0.0.1:{port}/", process)
+        wait_answering(f"http://127.0.0.1:{port}{ready}", process, timeout=300)
         return wrk(
-            f"http://127.0.0.1:{port}/predict",
-            json.dumps({"data": [SETOSA]}),
-            args.duration,
-            args,
-            name or "(a) HTTP ceiling: bare ASGI app, same uvicorn",
-        )
+            f"http://127.0.0.1:{port}/predict", json.dumps({"data": [SETOSA]}), args.duration,
+            args, name,
+        )  # fmt: skip
     finally:
         stop_process(process, grace=20)
+
+
+def run_granian(args: argparse.Namespace) -> list[Result]:
+    """The bare app (a) and the API, each under granian instead of uvicorn (the API then
+    without its guard: granian's protocol is its own)."""
+    import granian
+
+    version = granian.__version__
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, "bare_app.py").write_text(BARE_APP.replace(RUN_LIKE_THE_API, ""))
+        port = free_port()
+        bare = run_server(
+            [*GRANIAN, "--port", str(port), "--working-dir", directory, "bare_app:app"],
+            port, "/", args, f"reference: bare app, granian {version}",
+        )  # fmt: skip
+    port = free_port()
+    env = {**os.environ, "MODEL_DIR": str(MODEL_DIR), **api_settings(args, "auto")}
+    api = run_server(
+        [*GRANIAN, "--port", str(port), "--factory", "model_api.main:app_from_env"],
+        port, "/ready", args, f"reference: API /predict, 1 row, granian {version} (no guard)",
+        env,
+    )  # fmt: skip
+    return [bare, api]
 
 
 def instructions_per_request(
@@ -615,6 +662,7 @@ def main() -> None:
     references = [
         run_bare(args, STOCK_APP, "reference: bare app, stock uvicorn (no guard)"),
         run_bare(args, FASTAPI_APP, "reference: FastAPI, one route, fixed body"),
+        *run_granian(args),
     ]
     for r in references:
         print(f"{r.name}: {r.rps:,.0f} req/s", flush=True)
