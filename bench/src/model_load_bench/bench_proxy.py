@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -201,6 +202,7 @@ class Bench:
     def down(self) -> None:
         for container in (self.helper, self.relay):
             subprocess.run(["docker", "rm", "--force", container], capture_output=True)
+        shutil.rmtree(self.relay_config.parent, ignore_errors=True)
         self.stack.down()
 
     def cpu(self) -> dict[str, float]:
