@@ -25,7 +25,7 @@ from model_api.config import ApiSettings
 from model_api.dataplane import DataPlane, load_model, prepare
 from model_api.drain import Drain
 from model_api.errors import ModelError, install_error_handlers
-from model_api.guard import LIMITS_STATE, Limits
+from model_api.guard import FAST_STATE, LIMITS_STATE, FastRoutes, Limits
 from model_api.logging import AccessLog, configure_logging
 from model_api.metrics import Metrics
 from model_api.middleware import HotRoutes, RequestMiddleware
@@ -134,7 +134,10 @@ def create_app(
         else:
             task = asyncio.create_task(load_in_background(app))
         # Lifespan state: uvicorn hands it to each connection's protocol (model_api.guard).
-        yield {LIMITS_STATE: guard_limits(settings)}
+        state: dict[str, Any] = {LIMITS_STATE: guard_limits(settings)}
+        if settings.fast_path and app.front is not None:
+            state[FAST_STATE] = FastRoutes(hot_routes, app.front)
+        yield state
         app_metrics.flush()
         if access_log is not None:
             access_log.flush()

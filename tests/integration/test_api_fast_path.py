@@ -1,0 +1,246 @@
+"""The guard's fast path (model_api.guard.FastRoutes): which requests it serves itself
+and which it leaves to uvicorn, and that its answers keep HTTP/1.1's order, keep-alive,
+half-close and shutdown as uvicorn's do. In process: the real guard and uvicorn
+protocol on a recording transport; every API test over a socket runs through it too."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvicorn
+
+from model_api.guard import FAST_STATE, FastRoutes, Guard, current_guard
+from model_api.server import GUARD
+from tests.integration.test_api_guard import RecordingTransport, settle
+
+HOT = b"POST /hot HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n\r\nhi"
+CHUNKED = (
+    b"POST /hot HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+)
+
+
+class App:
+    """An ASGI app answering like the API's middleware (answering / answered), recording
+    which door each request came through; `hold` keeps answers back until set."""
+
+    def __init__(self, name: str, calls: list[str], hold: asyncio.Event | None = None) -> None:
+        self.name, self.calls, self.hold = name, calls, hold
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = (await receive())["body"]
+        self.calls.append(f"{self.name} {scope['method']} {scope['path']} {body.decode()}")
+        if self.hold is not None:
+            await self.hold.wait()
+        guard = current_guard.get()
+        assert guard is not None
+        close = guard.answering()
+        answer = f"{self.name}:{body.decode()}".encode()
+        headers = [(b"content-length", b"%d" % len(answer))]
+        headers += [(b"connection", b"close")] if close else []
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
+        finally:
+            guard.answered()
+
+
+def connection(
+    hold: asyncio.Event | None = None,
+) -> tuple[Guard, RecordingTransport, list[str], uvicorn.server.ServerState]:
+    calls: list[str] = []
+    config = uvicorn.Config(
+        App("uvicorn", calls), http=GUARD, log_config=None, lifespan="off", timeout_keep_alive=5
+    )
+    config.load()
+    state = uvicorn.server.ServerState()
+    fast = FastRoutes({("POST", "/hot"): None}, App("fast", calls, hold))
+    guard = Guard(config=config, server_state=state, app_state={FAST_STATE: fast})
+    transport = RecordingTransport()
+    guard.connection_made(transport)
+    return guard, transport, calls, state
+
+
+def test_a_whole_hot_request_in_one_read_is_served_by_the_guard_in_one_write() -> None:
+    async def scenario() -> None:
+        guard, transport, calls, _ = connection()
+        for i in (1, 2):  # kept alive: the next one alike
+            guard.data_received(HOT)
+            await settle(guard, i)
+        assert calls == ["fast POST /hot hi", "fast POST /hot hi"]
+        assert len(transport.writes) == 2 and not transport.closed
+        for write in transport.writes:
+            assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\nfast:hi")
+            assert b"\r\ndate: " in write and b"content-length: 7\r\n" in write
+        guard.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        HOT.replace(b"/hot", b"/cold"),
+        HOT.replace(b"POST", b"PUT"),
+        HOT.replace(b"/hot", b"/hot?x=1"),
+        HOT.replace(b"/hot", b"/h%6Ft"),
+        HOT.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        HOT.replace(b"Host: api\r\n", b"Host: api\r\nExpect: 100-continue\r\n"),
+        HOT.replace(b"Host: api\r\n", b"Host: api\r\nConnection: close\r\n"),
+        HOT.replace(b"Host: api\r\n", b"Host: api\r\nX-Forwarded-For: 10.0.0.1\r\n"),
+        CHUNKED,
+    ],
+    ids=[
+        "other path",
+        "other method",
+        "query",
+        "escaped",
+        "HTTP/1.0",
+        "expect",
+        "close",
+        "forwarded",
+        "chunked",
+    ],
+)
+def test_anything_unusual_goes_to_uvicorn(data: bytes) -> None:
+    async def scenario() -> None:
+        guard, transport, calls, _ = connection()
+        guard.data_received(data)
+        await settle(guard, 1)
+        assert len(calls) == 1 and calls[0].startswith("uvicorn "), calls
+        assert transport.writes[-1].startswith(b"HTTP/1.1 200 OK\r\n")  # after a 100
+        guard.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_request_split_across_reads_and_pipelined_ones_go_to_uvicorn_in_order() -> None:
+    async def scenario() -> None:
+        guard, transport, calls, _ = connection()
+        guard.data_received(HOT[:10])
+        guard.data_received(HOT[10:])
+        await settle(guard, 1)
+        guard.data_received(HOT + HOT.replace(b"hi", b"ho"))
+        await settle(guard, 3)
+        guard.data_received(HOT)  # and the fast path again once nothing is owed
+        await settle(guard, 4)
+        assert calls == [
+            "uvicorn POST /hot hi", "uvicorn POST /hot hi", "uvicorn POST /hot ho",
+            "fast POST /hot hi",
+        ]  # fmt: skip
+        assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == [
+            b"uvicorn:hi", b"uvicorn:hi", b"uvicorn:ho", b"fast:hi",
+        ]  # fmt: skip
+        guard.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_what_comes_while_the_guard_answers_waits_for_the_answer() -> None:
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        guard, transport, calls, _ = connection(hold)
+        guard.data_received(HOT)
+        await asyncio.sleep(0.01)
+        guard.data_received(HOT.replace(b"hi", b"ho"))  # pipelined behind a held answer
+        await asyncio.sleep(0.01)
+        assert calls == ["fast POST /hot hi"] and transport.writes == []
+        hold.set()
+        await settle(guard, 2)
+        assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == [
+            b"fast:hi", b"fast:ho",
+        ]  # fmt: skip
+        guard.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_shutdown_during_the_answer_closes_after_it() -> None:
+    """uvicorn's graceful shutdown closes each idle connection: one we answer on is
+    closed once the answer is out, marked `connection: close`."""
+
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        guard, transport, _, state = connection(hold)
+        guard.data_received(HOT)
+        await asyncio.sleep(0.01)
+        for protocol in list(state.connections):
+            protocol.shutdown()  # what uvicorn.Server.shutdown does
+        assert not transport.closed
+        hold.set()
+        await settle(guard, 1)
+        await asyncio.sleep(0)
+        assert transport.closed and len(transport.writes) == 1
+        assert b"connection: close\r\n" in transport.writes[0]
+        assert transport.writes[0].endswith(b"fast:hi")
+
+    asyncio.run(scenario())
+
+
+def test_a_half_closed_client_gets_its_answer_then_the_close() -> None:
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        guard, transport, _, _ = connection(hold)
+        guard.data_received(HOT)
+        assert guard.eof_received() is True  # kept open: an answer is owed
+        hold.set()
+        await settle(guard, 1)
+        assert transport.closed and transport.writes[0].endswith(b"fast:hi")
+        assert b"connection: close" in transport.writes[0]
+
+    asyncio.run(scenario())
+
+
+def test_a_client_gone_before_the_answer_gets_no_write() -> None:
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        guard, transport, _, _ = connection(hold)
+        guard.data_received(HOT)
+        await asyncio.sleep(0.01)
+        transport.close()
+        guard.connection_lost(ConnectionResetError())
+        hold.set()
+        await settle(guard, 1)
+        assert transport.writes == []  # RecordingTransport fails a write after close
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_connection_closes_after_the_keep_alive() -> None:
+    async def scenario() -> None:
+        guard, transport, _, _ = connection()
+        guard.data_received(HOT)
+        await settle(guard, 1)
+        await asyncio.sleep(0)
+        now = guard.loop.time()
+        guard.check_timeouts(now + 4)  # within uvicorn's timeout_keep_alive (5 s)
+        assert not transport.closed
+        guard.check_timeouts(now + 6)
+        assert transport.closed
+        assert len(transport.writes) == 1  # closed quietly, as uvicorn does
+
+    asyncio.run(scenario())
+
+
+def test_an_app_that_fails_without_answering_closes_the_connection() -> None:
+    async def scenario() -> None:
+        calls: list[str] = []
+        guard, transport, _, _ = connection()
+
+        async def broken(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            calls.append("broken")
+            raise RuntimeError("boom")
+
+        assert guard.fast is not None
+        guard.fast = FastRoutes(guard.fast.routes, broken)
+        guard.data_received(HOT)
+        for _ in range(100):
+            if transport.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert calls == ["broken"] and transport.closed and transport.writes == []
+
+    asyncio.run(scenario())
