@@ -11,9 +11,13 @@ from typing import Any
 import pytest
 import uvicorn
 
-from model_api.guard import FAST_STATE, FastRoutes, Guard, current_guard
+from model_api.guard import FAST_STATE, FastRoutes, Guard
 from model_api.server import GUARD
-from tests.integration.test_api_guard import RecordingTransport, settle
+from tests.integration.test_api_guard import (
+    RecordingTransport,
+    answer_as_the_middleware,
+    settle,
+)
 
 HOT = b"POST /hot HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n\r\nhi"
 CHUNKED = (
@@ -35,17 +39,7 @@ class App:
         self.calls.append(f"{self.name} {scope['method']} {scope['path']} {body.decode()}")
         if self.hold is not None:
             await self.hold.wait()
-        guard = current_guard.get()
-        assert guard is not None
-        close = guard.answering()
-        answer = f"{self.name}:{body.decode()}".encode()
-        headers = [(b"content-length", b"%d" % len(answer))]
-        headers += [(b"connection", b"close")] if close else []
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": answer})
-        finally:
-            guard.answered()
+        await answer_as_the_middleware(send, f"{self.name}:{body.decode()}".encode())
 
 
 def connection(
@@ -242,5 +236,36 @@ def test_an_app_that_fails_without_answering_closes_the_connection() -> None:
                 break
             await asyncio.sleep(0.01)
         assert calls == ["broken"] and transport.closed and transport.writes == []
+
+    asyncio.run(scenario())
+
+
+def test_a_second_receive_waits_for_the_answer_then_says_disconnect() -> None:
+    """As uvicorn's receive: after the body, nothing until the answer is out."""
+
+    async def scenario() -> None:
+        guard, transport, _, _ = connection()
+        seen: list[str] = []
+
+        async def listening(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await receive()
+            waiter = asyncio.ensure_future(receive())
+            await asyncio.sleep(0.01)
+            seen.append(f"before the answer: {'done' if waiter.done() else 'waiting'}")
+            await answer_as_the_middleware(send, b"ok")
+            seen.append(f"after it: {(await waiter)['type']}")
+            seen.append(f"and again: {(await receive())['type']}")
+
+        assert guard.fast is not None
+        guard.fast = FastRoutes(guard.fast.routes, listening)
+        guard.data_received(HOT)
+        await settle(guard, 1)
+        await asyncio.sleep(0.01)
+        assert seen == [
+            "before the answer: waiting",
+            "after it: http.disconnect",
+            "and again: http.disconnect",
+        ]
+        assert transport.writes[0].endswith(b"ok")
 
     asyncio.run(scenario())

@@ -319,22 +319,28 @@ class RecordingTransport:
     def resume_reading(self) -> None: ...
 
 
+async def answer_as_the_middleware(send: Any, body: bytes) -> None:
+    """200 with `body`, reported to the connection's guard as the API's middleware does
+    (answering / answered, `Connection: close` when the guard says so)."""
+    guard = current_guard.get()
+    assert guard is not None
+    close = guard.answering()
+    headers = [(b"content-length", b"%d" % len(body))]
+    headers += [(b"connection", b"close")] if close else []
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    finally:
+        guard.answered()
+
+
 def guarded_connection(body: bytes) -> tuple[Guard, RecordingTransport]:
     """A guard as uvicorn makes one, on a recording transport, serving an app that
     answers `body` the way the API's middleware does (answering / answered)."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()
-        guard = current_guard.get()
-        assert guard is not None
-        close = guard.answering()
-        headers = [(b"content-length", b"%d" % len(body))]
-        headers += [(b"connection", b"close")] if close else []
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-        finally:
-            guard.answered()
+        await answer_as_the_middleware(send, body)
 
     config = uvicorn.Config(app, http=GUARD, log_config=None, lifespan="off")
     config.load()

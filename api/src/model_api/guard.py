@@ -356,7 +356,9 @@ class Guard(asyncio.Protocol):
             if not received:
                 received = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await answer.sent.wait()  # as uvicorn: nothing more until the answer is out
+            if not answer.complete:  # as uvicorn: nothing more until the answer is out
+                answer.sent = answer.sent or asyncio.Event()
+                await answer.sent.wait()
             return {"type": "http.disconnect"}
 
         token = current_guard.set(self)
@@ -519,7 +521,7 @@ class _Answer:
         self.parts: list[bytes] = []
         self.complete = False
         self.close = False
-        self.sent = asyncio.Event()
+        self.sent: asyncio.Event | None = None  # made only for a second receive()
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -548,7 +550,8 @@ class _Answer:
                 transport = self.guard.transport
                 if transport is not None and not transport.is_closing():
                     transport.write(b"".join((self.head, b"\r\n", *self.parts)))
-                self.sent.set()
+                if self.sent is not None:
+                    self.sent.set()
 
 
 def _address(value: Any) -> tuple[str, int] | None:
