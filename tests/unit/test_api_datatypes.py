@@ -124,3 +124,16 @@ def test_binary_floats_may_hold_nan_json_cannot() -> None:
 def test_empty_tensors() -> None:
     assert from_json([], DATATYPES["FP32"], [0, 4]).shape == (0, 4)
     assert from_binary(b"", DATATYPES["BYTES"], [0]).shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["FP16", "FP32", "FP64"])
+def test_few_and_many_float_values_read_alike(name: str) -> None:
+    """A few flat numbers take a shorter path than many: both give the same tensor."""
+    values = [0, 1.5, -2, 65504.0, 1e-3, 3]
+    few = from_json(values, DATATYPES[name], [2, 3])
+    many = from_json(values * 20, DATATYPES[name], [40, 3])
+    assert few.dtype == many.dtype == DATATYPES[name].dtype
+    np.testing.assert_array_equal(np.tile(few, (20, 1)), many)
+    for bad in ([1.0, float("inf")], [1.0, 2**1024]):
+        with pytest.raises(DataError, match=r"finite numbers|out of range|must be numbers"):
+            from_json(bad, DATATYPES[name], [2])

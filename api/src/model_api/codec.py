@@ -11,6 +11,7 @@ MAX_BATCH_SIZE rows; when an output it asks for is not one of the model's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -48,7 +49,7 @@ class RequestedOutput:
 @dataclass(slots=True)
 class InferenceRequest:
     inputs: dict[str, np.ndarray]
-    outputs: list[RequestedOutput]
+    outputs: Sequence[RequestedOutput]
     id: str | None = None
     rows: int | None = None  # the batch size, for a batchable model
 
@@ -201,8 +202,8 @@ def decode_inputs(
             inputs[tensor.name] = from_binary(raw, spec.datatype, tensor.shape)
         except DataError as exc:
             raise BadRequestError(f"{where}.data: {exc}") from None
-    missing = [t.describe() for t in signature.inputs if t.name not in inputs]
-    if missing:
+    if len(inputs) != len(signature.inputs):  # each one known, none twice: some missing
+        missing = [t.describe() for t in signature.inputs if t.name not in inputs]
         raise BadRequestError(f"inputs: missing {', '.join(missing)}")
     if offset != len(binary):
         raise BadRequestError(
@@ -230,9 +231,9 @@ def _outputs(
     requested: Sequence[Output | V2RequestOutput] | None,
     signature: Signature,
     default_binary: bool,
-) -> list[RequestedOutput]:
+) -> Sequence[RequestedOutput]:
     if not requested:
-        return [RequestedOutput(t.name, default_binary) for t in signature.outputs]
+        return _every_output(signature.output_names, default_binary)
     wanted = []
     for i, out in enumerate(requested):
         spec = signature.output(out.name)
@@ -255,6 +256,12 @@ def _outputs(
             )
         wanted.append(RequestedOutput(out.name, binary, classes))
     return wanted
+
+
+@functools.cache
+def _every_output(names: tuple[str, ...], binary: bool) -> tuple[RequestedOutput, ...]:
+    """What a request that names no outputs gets: all of them."""
+    return tuple(RequestedOutput(name, binary) for name in names)
 
 
 def encode(

@@ -90,6 +90,10 @@ def from_json(data: Sequence[Any], datatype: DataType, shape: Sequence[int]) -> 
     must be of the datatype's kind (numbers for numeric types, integers for integer
     types, true/false for BOOL, strings for BYTES) and within its range."""
     count = math.prod(shape)
+    if datatype.kind == "f" and len(data) == count <= SMALL:
+        values = _small_floats(data, datatype)
+        if values is not None:
+            return values.reshape(shape)
     if datatype.kind == "S":
         values = _strings(data)
     else:
@@ -110,6 +114,17 @@ def from_json(data: Sequence[Any], datatype: DataType, shape: Sequence[int]) -> 
     if values.ndim > 1 and list(values.shape) != list(shape):
         raise DataError(f"nested as {list(values.shape)}, but the shape is {list(shape)}")
     return values.reshape(shape)
+
+
+def _small_floats(data: Sequence[Any], datatype: DataType) -> np.ndarray | None:
+    """A few flat numbers for a float tensor, checked in one pass (the usual small
+    request); None for anything else, which the general path reads or refuses."""
+    limit = _FLOAT_MAX[datatype.name]
+    for v in data:
+        kind = type(v)
+        if (kind is not float and kind is not int) or not -limit <= v <= limit:  # NaN fails
+            return None
+    return np.array(data, dtype=datatype.dtype)
 
 
 def _has_bool(data: Sequence[Any], depth: int) -> bool:

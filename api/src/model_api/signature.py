@@ -42,7 +42,7 @@ class TensorSpec:
     def shape_problem(self, shape: Sequence[int]) -> str | None:
         """Why a tensor of `shape` cannot be this input, or None if it can."""
         if len(shape) == len(self.shape):
-            for want, got in zip(self.shape, shape, strict=True):
+            for want, got in zip(self.shape, shape):  # noqa: B905 (lengths just compared)
                 if want != got and want != -1:
                     break
             else:
@@ -83,6 +83,10 @@ class Signature:
         """Whether requests can be stacked along the first dimension: every input and
         output has one, and the model leaves it open."""
         return all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs))
+
+    @functools.cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
 
     def input(self, name: str) -> TensorSpec | None:
         return self._inputs.get(name)
