@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from model_api.codec import decode
 from model_api.config import ApiSettings
+from model_api.datatypes import DATATYPES
+from model_api.errors import BadRequestError
 from model_api.main import create_app
 from model_api.model import OnnxModel
+from model_api.signature import Signature, TensorSpec
 from tests.conftest import MODEL_V1, SETOSA, VIRGINICA
 
 INFER = "/v2/models/iris_svc/versions/v1/infer"
@@ -141,3 +145,16 @@ def test_unknown_model_or_version_is_404(client: TestClient, path: str) -> None:
     assert (
         client.post(f"{path.removesuffix('/ready')}/infer", json=tensor(SETOSA)).status_code == 404
     )
+
+
+def test_a_bool_among_many_numbers_is_found() -> None:
+    """A large tensor's values are looked at for true/false only when the JSON holds the
+    word; wherever it is, a hidden bool is still refused."""
+    signature = Signature((TensorSpec("x", DATATYPES["FP32"], (-1, 100)),), ())
+    values: list[Any] = [0.5] * 100
+    plain = {"inputs": [{"name": "x", "shape": [1, 100], "datatype": "FP32", "data": values}]}
+    assert decode(json.dumps(plain).encode(), None, signature, 8).inputs["x"].shape == (1, 100)
+    assert decode(json.dumps({**plain, "id": "true"}).encode(), None, signature, 8).rows == 1
+    values[99] = True
+    with pytest.raises(BadRequestError, match="FP32 values must be numbers, got true/false"):
+        decode(json.dumps(plain).encode(), None, signature, 8)

@@ -105,7 +105,10 @@ def decode(
 ) -> InferenceRequest:
     header, binary = split(body, header_length)
     request = _header(header)
-    inputs = decode_inputs(request.inputs, binary, signature)
+    # No true/false anywhere in the JSON: no bool can hide among numbers (saves a look
+    # at every value of a large tensor).
+    literals = b"true" in header or b"false" in header
+    inputs = decode_inputs(request.inputs, binary, signature, literals)
     default_binary = (request.parameters or {}).get("binary_data_output") is True
     return InferenceRequest(
         inputs=inputs,
@@ -161,9 +164,13 @@ def _optional_dict(value: Any) -> bool:
 
 
 def decode_inputs(
-    tensors: Sequence[Tensor | V2RequestInput], binary: bytes, signature: Signature
+    tensors: Sequence[Tensor | V2RequestInput],
+    binary: bytes,
+    signature: Signature,
+    bools: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The request's tensors as arrays, each checked against the model's input."""
+    """The request's tensors as arrays, each checked against the model's input
+    (`bools`: whether JSON data may hold true/false)."""
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, tensor in enumerate(tensors):
@@ -187,7 +194,7 @@ def decode_inputs(
             raise BadRequestError(f"{where}.shape: {problem}")
         try:
             if tensor.data is not None:
-                inputs[tensor.name] = from_json(tensor.data, spec.datatype, tensor.shape)
+                inputs[tensor.name] = from_json(tensor.data, spec.datatype, tensor.shape, bools)
                 continue
             size = (tensor.parameters or {}).get("binary_data_size")
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:

@@ -85,10 +85,14 @@ def datatype_of(array: np.ndarray) -> DataType:
 # -- JSON --------------------------------------------------------------------------------
 
 
-def from_json(data: Sequence[Any], datatype: DataType, shape: Sequence[int]) -> np.ndarray:
+def from_json(
+    data: Sequence[Any], datatype: DataType, shape: Sequence[int], bools: bool = True
+) -> np.ndarray:
     """A tensor of `shape` from its JSON data (flat or nested, row-major): every value
     must be of the datatype's kind (numbers for numeric types, integers for integer
-    types, true/false for BOOL, strings for BYTES) and within its range."""
+    types, true/false for BOOL, strings for BYTES) and within its range. `bools=False`
+    says the data holds no true/false (the JSON has none), so numbers need no look for
+    them."""
     count = math.prod(shape)
     if datatype.kind == "f" and len(data) == count <= SMALL:
         values = _small_floats(data, datatype)
@@ -103,7 +107,12 @@ def from_json(data: Sequence[Any], datatype: DataType, shape: Sequence[int]) -> 
             raise DataError(
                 "nested lists of different lengths, or an integer out of range"
             ) from None
-        if datatype.kind != "b" and values.dtype.kind in "iuf" and _has_bool(data, values.ndim):
+        if (
+            bools
+            and datatype.kind != "b"
+            and values.dtype.kind in "iuf"
+            and _has_bool(data, values.ndim)
+        ):
             raise DataError(f"{datatype.name} values must be numbers, got true/false")
         if datatype.kind in "iu" and values.dtype.kind in "fO":
             exact = _exact_integers(data, datatype)
@@ -202,7 +211,7 @@ def _strings(data: Sequence[Any]) -> np.ndarray:
 
 def to_json(array: np.ndarray) -> list[Any]:
     """The tensor's values, flat (row-major), as JSON-ready Python values."""
-    flat = array.reshape(-1)
+    flat = array if array.ndim == 1 else array.reshape(-1)
     if array.dtype.kind in "OSU":
         return [_text(v) for v in flat.tolist()]
     return flat.tolist()  # type: ignore[no-any-return]
