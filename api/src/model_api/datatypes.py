@@ -117,6 +117,8 @@ def from_json(
         if datatype.kind in "iu" and values.dtype.kind in "fO":
             exact = _exact_integers(data, datatype)
             values = values if exact is None else exact
+        elif datatype.kind == "f" and values.dtype.kind == "O":
+            values = _wide_integers(values)
         values = _cast_numbers(values, datatype)
     if values.size != count:
         raise DataError(f"{values.size} values do not fill shape {list(shape)} ({count} values)")
@@ -157,6 +159,18 @@ def _exact_integers(data: Sequence[Any], datatype: DataType) -> np.ndarray | Non
     if any(v < info.min or v > info.max for v in exact.flat):
         raise DataError(f"a value is out of the range of {datatype.name} ({info.min}..{info.max})")
     return exact.astype(datatype.dtype)
+
+
+def _wide_integers(values: np.ndarray) -> np.ndarray:
+    """Numbers numpy keeps as objects (an integer beyond 64 bits among them) as floats,
+    for a float tensor; anything else unchanged (refused below as not numbers)."""
+    flat = values.ravel().tolist()
+    if not all(type(v) is int or type(v) is float for v in flat):
+        return values
+    try:
+        return np.array(flat, dtype=np.float64).reshape(values.shape)
+    except OverflowError:  # beyond any float: refused below as not finite
+        return np.full(values.shape, np.inf)
 
 
 # Tensors of at most this many values are checked value by value in Python.
