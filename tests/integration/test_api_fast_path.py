@@ -58,6 +58,11 @@ def connection(
     return guard, transport, calls, state
 
 
+def bodies(transport: RecordingTransport) -> list[bytes]:
+    """The body of each answer written, in order."""
+    return [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes]
+
+
 def test_a_whole_hot_request_in_one_read_is_served_by_the_guard_in_one_write() -> None:
     async def scenario() -> None:
         guard, transport, calls, _ = connection()
@@ -125,7 +130,7 @@ def test_a_request_split_across_reads_and_pipelined_ones_go_to_uvicorn_in_order(
             "uvicorn POST /hot hi", "uvicorn POST /hot hi", "uvicorn POST /hot ho",
             "fast POST /hot hi",
         ]  # fmt: skip
-        assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == [
+        assert bodies(transport) == [
             b"uvicorn:hi", b"uvicorn:hi", b"uvicorn:ho", b"fast:hi",
         ]  # fmt: skip
         guard.connection_lost(None)
@@ -144,7 +149,7 @@ def test_what_comes_while_the_guard_answers_waits_for_the_answer() -> None:
         assert calls == ["fast POST /hot hi"] and transport.writes == []
         hold.set()
         await settle(guard, 2)
-        assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == [
+        assert bodies(transport) == [
             b"fast:hi", b"fast:ho",
         ]  # fmt: skip
         guard.connection_lost(None)
