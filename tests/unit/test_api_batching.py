@@ -217,17 +217,78 @@ def test_in_a_thread_requests_arriving_during_a_call_form_the_next_one() -> None
 
 @pytest.mark.parametrize("threads", [0, 1])
 def test_a_cancelled_request_is_dropped_and_the_others_answered(threads: int) -> None:
-    model = FakeModel()
+    model = FakeModel(delay=0.2 if threads else 0.0)
     batcher = Batcher(model, 100, threads=threads)  # type: ignore[arg-type]
 
     async def main() -> list[Any]:
-        gone = request(batcher, rows(1))
-        kept = request(batcher, rows(2))
+        busy = request(batcher, rows(1)) if threads else None  # keeps the thread busy
+        await asyncio.sleep(0.05)
+        gone = request(batcher, rows(2))
+        kept = request(batcher, rows(3))
         gone.cancel()
-        return await asyncio.gather(kept)
+        return await asyncio.gather(kept, *([busy] if busy else []))
 
     try:
-        assert ys(asyncio.run(main())) == [[4]]
+        assert ys(asyncio.run(main()))[0] == [6]
     finally:
         batcher.close()
-    assert model.calls == [1]
+    assert model.calls == ([1, 1] if threads else [1])
+
+
+def test_in_a_thread_the_next_call_does_not_wait_for_the_event_loop() -> None:
+    """While the loop is busy (here: blocked), the thread goes on from one call to the
+    next with the requests that arrived during the last one."""
+    model = FakeModel(delay=0.2)
+    batcher = Batcher(model, 100, threads=1)  # type: ignore[arg-type]
+
+    async def main() -> list[int]:
+        first = request(batcher, rows(1))
+        await asyncio.sleep(0.05)  # the first call is running in the thread
+        later = [request(batcher, rows(v)) for v in (2, 3)]
+        deadline = time.monotonic() + 30
+        while len(model.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks the loop: no callback of the loop runs meanwhile
+        seen = list(model.calls)
+        assert ys(await asyncio.gather(first, *later)) == [[2], [4], [6]]
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [1, 2]
+    finally:
+        batcher.close()
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_a_call_failing_outside_the_model_fails_its_requests_and_not_the_next(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = FakeModel(delay=0.2 if threads else 0.0)
+    batcher = Batcher(model, 100, threads=threads)  # type: ignore[arg-type]
+
+    def no_memory(*args: Any, **kwargs: Any) -> np.ndarray:
+        raise MemoryError("cannot stack")
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        with monkeypatch.context() as patch:
+            patch.setattr(np, "concatenate", no_memory)
+            if threads:  # the thread is busy while the two arrive: they share its next call
+                busy = request(batcher, rows(0))
+                await asyncio.sleep(0.05)
+            failed = await asyncio.wait_for(
+                asyncio.gather(
+                    request(batcher, rows(1)), request(batcher, rows(2)), return_exceptions=True
+                ),
+                30,
+            )
+            if threads:
+                await busy
+        answered = await asyncio.wait_for(asyncio.gather(request(batcher, rows(3))), 30)
+        return failed, answered
+
+    try:
+        failed, answered = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert all(isinstance(f, ApiError) and f.status_code == 500 for f in failed)
+    assert "cannot stack" in failed[0].message
+    assert ys(answered) == [[6]]

@@ -14,9 +14,11 @@ Where the calls run:
   more than such a model's inference.
 - in threads of their own (`threads` >= 1, models whose inference takes milliseconds):
   the loop keeps reading requests while calls run, up to `threads` calls at once on the
-  one session (Triton's model instances, without a copy of the model each); a call
-  starts as soon as a thread is free, with the requests that arrived meanwhile. ONNX
-  Runtime releases the GIL while it runs.
+  one session (Triton's model instances, without a copy of the model each). A thread
+  takes its next call itself as soon as its last one is done, with the requests that
+  arrived meanwhile, and hands the answers back to the loop in one step per call: the
+  model never waits for a turn of the loop, which may be busy reading and answering
+  requests. ONNX Runtime releases the GIL while it runs.
 
 If a stacked call fails, or answers with a first dimension that is not the sum of the
 requests' rows, its requests are run one by one (so one bad request fails alone), and
@@ -27,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,11 +83,11 @@ class Batcher:
         self.max_delay = max_delay
         self.metrics = metrics
         self.threads = threads
-        self._executor = (
-            ThreadPoolExecutor(threads, thread_name_prefix="inference") if threads else None
-        )
         self._waiting: list[_Waiting] = []
-        self._running = 0  # calls in the threads
+        self._ready = threading.Condition()  # threads: guards _waiting, wakes idle threads
+        self._idle = 0  # threads waiting for requests
+        self._started = False
+        self._closed = False
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._soon = False  # the timer is a call_soon, not a wait
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,20 +104,57 @@ class Batcher:
             key: Any = (outputs, *((n, a.shape[1:], a.dtype) for n, a in inputs.items()))
         else:
             key = future
-        self._waiting.append(_Waiting(inputs, outputs, rows or 1, key, loop.time(), future))
-        self._schedule(loop)
+        waiting = _Waiting(inputs, outputs, rows or 1, key, time.monotonic(), future)
+        if not self.threads:
+            self._waiting.append(waiting)
+            self._schedule(loop)
+            return future
+        with self._ready:
+            self._waiting.append(waiting)
+            if self._idle:
+                self._ready.notify()
+        if not self._started:
+            self._started = True
+            for i in range(self.threads):
+                threading.Thread(target=self._serve, name=f"inference-{i}", daemon=True).start()
         return future
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    # -- in threads of their own ---------------------------------------------------------
+    def _serve(self) -> None:
+        """Take the next call as soon as the last one is done: no turn of the loop between."""
+        while True:
+            with self._ready:
+                call = self._due()
+                while call is None:
+                    if self._closed:
+                        return
+                    self._idle += 1
+                    self._ready.wait(self._wait(time.monotonic()) if self._waiting else None)
+                    self._idle -= 1
+                    call = self._due()
+            self._run(call)
+            try:
+                call.batch[0].future.get_loop().call_soon_threadsafe(self._finish, call)
+            except RuntimeError:  # the loop is closed: nobody waits for these answers
+                return
+
+    def _due(self) -> _Call | None:
+        self._waiting = [w for w in self._waiting if not w.future.done()]  # done: cancelled
+        if not self._waiting or self._wait(time.monotonic()) > 0:
+            return None
+        return self._take()
 
     # -- scheduling --------------------------------------------------------------------
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the next call soon, or when its oldest request has waited max_delay."""
-        if not self._waiting or (self._executor is not None and self._running >= self.threads):
+        if not self._waiting:
             return
-        wait = self._wait(loop.time())
+        wait = self._wait(time.monotonic())
         if self._timer is not None:
             if wait > 0 or self._soon:
                 return
@@ -144,18 +183,7 @@ class Batcher:
         if not self._waiting:
             return
         call = self._take()
-        if self._executor is None:
-            self._run(call)
-            self._finish(call)
-            self._schedule(loop)
-            return
-        self._running += 1
-        done = loop.run_in_executor(self._executor, self._run, call)
-        done.add_done_callback(lambda _: self._after_thread(call, loop))
-        self._schedule(loop)  # another thread may be free for what remains
-
-    def _after_thread(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
-        self._running -= 1
+        self._run(call)
         self._finish(call)
         self._schedule(loop)
 
@@ -176,13 +204,12 @@ class Batcher:
     def _run(self, call: _Call) -> None:
         started = time.perf_counter()
         batch = call.batch
-        if len(batch) > 1:
-            stacked = self._stacked(call)
-            if stacked is not None:
-                call.results = stacked
-                call.seconds = time.perf_counter() - started
-                return
-        call.results = [self._alone(w) for w in batch]
+        try:
+            stacked = self._stacked(call) if len(batch) > 1 else None
+            call.results = stacked or [self._alone(w) for w in batch]
+        except Exception as exc:  # not the model's (e.g. out of memory stacking): all fail
+            log.error("inference failed", exc_info=exc)
+            call.results = [translate_inference_error(exc) for _ in batch]
         call.seconds = time.perf_counter() - started
 
     def _stacked(self, call: _Call) -> list[Arrays | BaseException] | None:
