@@ -84,7 +84,7 @@ class Batcher:
         self.metrics = metrics
         self.threads = threads
         self._waiting: list[_Waiting] = []
-        self._ready = threading.Condition()  # threads: guards _waiting, wakes idle threads
+        self._ready = threading.Condition(threading.Lock())  # guards _waiting; wakes threads
         self._idle = 0  # threads waiting for requests
         self._started = False
         self._closed = False
