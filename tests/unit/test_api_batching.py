@@ -77,6 +77,15 @@ def run_all(batcher: Batcher, *xs: np.ndarray) -> list[Any]:
     return asyncio.run(main())
 
 
+async def running(model: FakeModel, calls: int = 1) -> None:
+    """Until the model has started `calls` calls (in its thread): however slow the
+    machine, what is asked next arrives while that call runs."""
+    deadline = time.monotonic() + 30
+    while len(model.calls) < calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    assert len(model.calls) >= calls, "the call never started"
+
+
 def ys(results: list[Any]) -> list[list[float]]:
     return [r[0].ravel().tolist() for r in results]
 
@@ -202,7 +211,7 @@ def test_in_a_thread_requests_arriving_during_a_call_form_the_next_one() -> None
 
     async def main() -> list[Any]:
         first = request(batcher, rows(1))
-        await asyncio.sleep(0.05)  # the first call is running (0.3 s) in the thread
+        await running(model)  # the first call is running (0.3 s) in the thread
         later = [request(batcher, rows(v)) for v in (2, 3, 4)]
         return await asyncio.gather(first, *later)
 
@@ -222,7 +231,8 @@ def test_a_cancelled_request_is_dropped_and_the_others_answered(threads: int) ->
 
     async def main() -> list[Any]:
         busy = request(batcher, rows(1)) if threads else None  # keeps the thread busy
-        await asyncio.sleep(0.05)
+        if busy:
+            await running(model)
         gone = request(batcher, rows(2))
         kept = request(batcher, rows(3))
         gone.cancel()
@@ -243,7 +253,7 @@ def test_in_a_thread_the_next_call_does_not_wait_for_the_event_loop() -> None:
 
     async def main() -> list[int]:
         first = request(batcher, rows(1))
-        await asyncio.sleep(0.05)  # the first call is running in the thread
+        await running(model)  # the first call is running in the thread
         later = [request(batcher, rows(v)) for v in (2, 3)]
         deadline = time.monotonic() + 30
         while len(model.calls) < 2 and time.monotonic() < deadline:
@@ -273,7 +283,7 @@ def test_a_call_failing_outside_the_model_fails_its_requests_and_not_the_next(
             patch.setattr(np, "concatenate", no_memory)
             if threads:  # the thread is busy while the two arrive: they share its next call
                 busy = request(batcher, rows(0))
-                await asyncio.sleep(0.05)
+                await running(model)
             failed = await asyncio.wait_for(
                 asyncio.gather(
                     request(batcher, rows(1)), request(batcher, rows(2)), return_exceptions=True
