@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.helper as oh
+import onnx.numpy_helper
 import pytest
 
+from model_api.batching import Batcher
 from model_api.dataplane import prepare
 from model_api.errors import ModelInvalidError, ModelMissingError
 from model_api.model import OnnxModel, create_session, resolve_model_dir, session_options
@@ -251,6 +253,58 @@ def test_symbolic_and_fixed_dimensions(tmp_path: Path) -> None:
     assert spec.shape_problem([2, 7, 3]) is not None
     assert spec.shape_problem([1, 7]) is not None
     assert model.zeros()["x"].shape == (1, 1, 3)
+
+
+def test_warmup_measures_what_a_batch_gains(tmp_path: Path) -> None:
+    """A batchable model's warm-up also times a batch of its first request (the per-row
+    gain the worker and thread rules read); a fixed-batch model has none, and so has one
+    whose operators refuse the batch its signature allows, which is still served."""
+    iris = OnnxModel.load(MODEL_V1)
+    prepare(iris)
+    assert iris.batch_gain is not None and iris.batch_gain > 0
+
+    fixed = OnnxModel.load(write_model(tmp_path / "fixed" / "1", identity_of_shape([1, 2])))
+    prepare(fixed)
+    assert fixed.latency > 0 and fixed.batch_gain is None
+
+    # An open batch by its signature, but it reshapes to one row (a shape computed at run
+    # time, so the signature keeps the batch open): 8 rows at once fail.
+    graph = oh.make_graph(
+        [
+            oh.make_node("Shape", ["x"], ["shape"]),
+            oh.make_node("Gather", ["shape", "first"], ["rows"]),
+            oh.make_node("Mul", ["rows", "zero"], ["none"]),
+            oh.make_node("Add", ["none", "one"], ["one_row"]),
+            oh.make_node("Concat", ["one_row", "two"], ["target"], axis=0),
+            oh.make_node("Reshape", ["x", "target"], ["y"]),
+        ],
+        "one_row",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 2])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 2])],
+        [
+            onnx.numpy_helper.from_array(np.array([value], dtype=np.int64), name)
+            for name, value in (("first", 0), ("zero", 0), ("one", 1), ("two", 2))
+        ],
+    )
+    path = write_model(tmp_path / "refuses" / "1", graph)
+    # (Optimised, onnxruntime drops the Reshape and runs any batch.)
+    (path / CONFIG_FILE).write_text('{"onnxruntime": {"graph_optimization_level": "disable"}}')
+    refuses = OnnxModel.load(path)
+    assert refuses.signature.batchable
+    prepare(refuses)
+    assert refuses.latency > 0 and refuses.batch_gain is None
+    # It is served one request a call: stacking would fail every request of the call.
+    assert not refuses.stacks and iris.stacks
+    assert not Batcher(refuses, max_rows=16).stacking and Batcher(iris, max_rows=16).stacking
+
+
+def identity_of_shape(shape: list[int | str]) -> onnx.GraphProto:
+    return oh.make_graph(
+        [oh.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+    )
 
 
 def test_an_input_the_model_refuses_at_run_time_is_a_400_others_a_500(tmp_path: Path) -> None:

@@ -6,10 +6,12 @@ The rule API_WORKERS=auto follows (docs/configuration.md, "Workers, threads and 
 - A model of LARGE_MODEL_BYTES or more is held once: one worker process, with as many
   intra-op threads as the container has CPUs. Each worker holds its own copy of the
   model, so copies of a large model cost more memory than the parallelism they buy.
-- So is a compute-bound one, whose one inference takes HEAVY_SECONDS or more on one
-  thread (measured at start): ONNX Runtime's threads use the cores on batches the one
-  worker stacks from all connections, where several workers would each stack fewer
-  requests and hold a copy each (measured: docs/configuration.md).
+- So is a compute-bound one (`compute_bound`, by the warm-up on one thread): one whose
+  one inference takes HEAVY_SECONDS or more, or BATCHED_HEAVY_SECONDS or more when a
+  batch runs BATCH_GAIN times faster per row than one row. ONNX Runtime's threads use
+  the cores on batches the one worker stacks from all connections, where several
+  workers would each stack fewer requests and hold a copy each (measured:
+  docs/configuration.md).
 - A small, fast model gets one worker per CPU, each with one intra-op thread: its
   request is mostly Python (HTTP, decoding), which only processes run in parallel.
 - Either way no more workers than the memory limit holds.
@@ -35,6 +37,13 @@ MiB = 1 << 20
 LARGE_MODEL_BYTES = 64 * MiB
 # A model whose one inference on one thread takes this long is compute-bound (one worker).
 HEAVY_SECONDS = 0.001
+# So is a lighter one, from this long, if batching pays: a batch of BATCH_PROBE_ROWS rows
+# runs at least BATCH_GAIN times faster per row than one row. Such a model reads all its
+# weights on every call (an MLP larger than the CPU's cache), so rows stacked into one
+# call cost far less than the same rows split between workers, each with a copy.
+BATCHED_HEAVY_SECONDS = 0.00015
+BATCH_GAIN = 2.0
+BATCH_PROBE_ROWS = 8
 # RSS of a worker serving a tiny model (measured: docs/configuration.md, "Workers, threads
 # and memory").
 WORKER_BYTES = 110 * MiB
@@ -119,6 +128,20 @@ def worker_bytes(model_bytes: int) -> int:
     return WORKER_BYTES + int(LOAD_FACTOR * model_bytes)
 
 
+def batching_pays(gain: float | None) -> bool:
+    """Whether a batch runs BATCH_GAIN times faster per row than one row (None: not
+    measured)."""
+    return gain is not None and gain >= BATCH_GAIN
+
+
+def compute_bound(latency: float | None, gain: float | None = None) -> bool:
+    """Whether a model is compute-bound, by the seconds of one inference on one thread
+    and the per-row speed-up of a batch (None: not measured)."""
+    if latency is None:
+        return False
+    return latency >= HEAVY_SECONDS or (latency >= BATCHED_HEAVY_SECONDS and batching_pays(gain))
+
+
 def plan(
     model_bytes: int,
     cpus: int,
@@ -126,13 +149,14 @@ def plan(
     workers: int | None = None,
     threads: int | None = None,
     latency: float | None = None,
+    gain: float | None = None,
 ) -> Plan:
     """Workers and threads for this model and container (None: auto), given the seconds
-    of one inference on one thread if known; raises ModelTooLargeError if the model does
-    not fit the memory limit."""
+    of one inference on one thread and the per-row speed-up of a batch if known; raises
+    ModelTooLargeError if the model does not fit the memory limit."""
     per_worker = worker_bytes(model_bytes)
     if workers is None:
-        heavy = latency is not None and latency >= HEAVY_SECONDS
+        heavy = compute_bound(latency, gain)
         workers = 1 if model_bytes >= LARGE_MODEL_BYTES or heavy else cpus
         if limit is not None:
             while workers > 1 and _need(workers, per_worker) > limit:

@@ -66,7 +66,7 @@ class ApiSettings(BaseSettings):
     )
     # Where inference runs: loop (on the event loop: no hand-off, for models of well under
     # a millisecond), thread (in a thread of its own, so the loop keeps serving while a
-    # call runs), auto (by the model's warm-up latency: 0.5 ms or more, a thread).
+    # call runs), auto (by the model's warm-up: model_api.dataplane.runs_in_thread).
     inference_mode: str = Field(
         default="auto", pattern="^(auto|loop|thread)$", validation_alias="INFERENCE_MODE"
     )

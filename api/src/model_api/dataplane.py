@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from model_api import __version__
 from model_api.batching import Arrays, Batcher
+from model_api.capacity import batching_pays
 from model_api.codec import InferenceRequest, decode, decode_inputs, encode
 from model_api.config import ApiSettings
 from model_api.errors import (
@@ -44,6 +45,17 @@ EXTENSIONS = ["binary_tensor_data"]
 # (INFERENCE_MODE=auto): below it, the hand-off (tens of microseconds) and the GIL's
 # back and forth cost more than the loop gains by going on with HTTP meanwhile.
 THREAD_LATENCY_SECONDS = 0.0005
+# So does a lighter one, from this long, if batching pays (capacity.batching_pays): its
+# calls hold many rows, and the loop reads and answers requests while one runs.
+BATCHED_THREAD_SECONDS = 0.00005
+
+
+def runs_in_thread(model: OnnxModel) -> bool:
+    """INFERENCE_MODE=auto: whether the model's calls run in a thread of their own."""
+    latency = model.latency
+    return latency >= THREAD_LATENCY_SECONDS or (
+        latency >= BATCHED_THREAD_SECONDS and batching_pays(model.batch_gain)
+    )
 
 
 def load_model(settings: ApiSettings, threads: int) -> OnnxModel:
@@ -122,7 +134,7 @@ class DataPlane:
         """Start serving a loaded, warmed-up model."""
         batching = model.config.batching
         mode = self.settings.inference_mode
-        in_thread = mode == "thread" or (mode == "auto" and model.latency >= THREAD_LATENCY_SECONDS)
+        in_thread = mode == "thread" or (mode == "auto" and runs_in_thread(model))
         self.batcher = Batcher(
             model,
             max_rows=(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from model_api.capacity import BATCH_PROBE_ROWS, HEAVY_SECONDS
 from model_api.errors import ModelInvalidError, ModelMissingError
 from model_api.model_config import ModelConfig
 from model_api.signature import Signature
@@ -94,6 +95,13 @@ class OnnxModel:
     load_seconds: float = 0.0
     # Seconds of one warm-up inference (the fastest run): how heavy the model is.
     latency: float = 0.0
+    # How many times faster per row a batch of BATCH_PROBE_ROWS times the first warm-up
+    # request runs than that request: whether batching pays. None: not measured (a model
+    # that cannot batch, or one heavy enough by its latency alone).
+    batch_gain: float | None = None
+    # False when that batch failed: the signature leaves the first dimension open, yet an
+    # operator fixes it, so requests must not be stacked into one call.
+    stacks: bool = True
 
     @property
     def name(self) -> str:
@@ -172,26 +180,54 @@ class OnnxModel:
 
     def warmup(self, requests: Sequence[dict[str, np.ndarray]]) -> None:
         """Run each warm-up request a few times (the first run pays set-up costs), and
-        keep the fastest run of the first as the model's latency."""
+        keep the fastest run of the first as the model's latency; then, for a batchable
+        model lighter than HEAVY_SECONDS, the same for a batch of the first (batch_gain)."""
         names = [t.name for t in self.signature.outputs]
         timings: list[float] = []
         for i, inputs in enumerate(requests):
             for _ in range(WARMUP_RUNS):
-                started = time.perf_counter()
                 try:
-                    self.run(inputs, names)
+                    seconds = self._timed(inputs, names)
                 except Exception as exc:  # onnxruntime's errors are untyped
                     raise ModelInvalidError(
                         f"{self.path}: warm-up request {i} failed: {exc}"
                     ) from exc
                 if i == 0:
-                    timings.append(time.perf_counter() - started)
+                    timings.append(seconds)
         self.latency = min(timings) if timings else 0.0
+        if requests and self.signature.batchable and 0 < self.latency < HEAVY_SECONDS:
+            self.batch_gain = self._batch_gain(requests[0], names)
         log.info(
-            "warmed up: %d request(s); one inference takes %.3f ms",
+            "warmed up: %d request(s); one inference takes %.3f ms%s",
             len(requests),
             self.latency * 1000,
+            ""
+            if self.batch_gain is None
+            else f", {BATCH_PROBE_ROWS} at once {self.batch_gain:.1f}x faster per request",
         )
+
+    def _timed(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> float:
+        started = time.perf_counter()
+        self.run(inputs, names)
+        return time.perf_counter() - started
+
+    def _batch_gain(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> float | None:
+        """How many times faster per request BATCH_PROBE_ROWS copies of `inputs` run in
+        one call than `inputs` alone; None if the model refuses the batch (then it does not
+        stack requests)."""
+        batch = {name: np.concatenate([x] * BATCH_PROBE_ROWS) for name, x in inputs.items()}
+        try:
+            seconds = min(self._timed(batch, names) for _ in range(WARMUP_RUNS))
+        except Exception as exc:  # onnxruntime's errors are untyped
+            self.stacks = False
+            log.warning(
+                "the model's signature leaves the batch open, but it failed on %d warm-up "
+                "requests in one call: requests are not stacked (%s)",
+                BATCH_PROBE_ROWS,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            return None
+        return self.latency * BATCH_PROBE_ROWS / seconds if seconds > 0 else None
 
     def zeros(self) -> dict[str, np.ndarray]:
         """A request of zeros (empty strings): one row, open dimensions of size 1."""

@@ -21,7 +21,7 @@ from model_api.config import ApiSettings
 from model_api.dataplane import load_model
 from model_api.errors import ModelError, ModelMissingError
 from model_api.main import EXIT_MODEL, create_app, served
-from model_api.model import model_size
+from model_api.model import OnnxModel, model_size
 from model_api.workers import make_ready_dir
 
 log = logging.getLogger("model_api")
@@ -48,9 +48,9 @@ def uvicorn_options(settings: ApiSettings) -> dict[str, Any]:
     }
 
 
-def capacity_plan(settings: ApiSettings, latency: float | None = None) -> Plan:
+def capacity_plan(settings: ApiSettings, warm: OnnxModel | None = None) -> Plan:
     """Workers and threads for this model in this container (model_api.capacity), given
-    the seconds of one inference on one thread if known. A model still to come
+    the model warmed up on one thread if it was (its latency and batch gain). A model still to come
     (MODEL_WAIT_SECONDS) is of unknown size: one worker, unless API_WORKERS says
     otherwise, and the server is live while it waits."""
     try:
@@ -68,7 +68,8 @@ def capacity_plan(settings: ApiSettings, latency: float | None = None) -> Plan:
         memory_limit(),
         workers=settings.workers,
         threads=settings.ort_threads,
-        latency=latency,
+        latency=None if warm is None else warm.latency,
+        gain=None if warm is None else warm.batch_gain,
     )
 
 
@@ -84,12 +85,13 @@ def run(settings: ApiSettings) -> int:
         # with one line instead of workers failing (and being restarted) one by one; and,
         # with API_WORKERS=auto, see whether it is compute-bound (capacity: one worker).
         try:
-            latency = load_model(settings, chosen.threads).latency
+            warm = load_model(settings, chosen.threads)
         except ModelError as exc:
             log.error("cannot serve the model: %s", exc)
             return EXIT_MODEL
         if settings.workers is None:
-            chosen = capacity_plan(settings, latency)
+            chosen = capacity_plan(settings, warm)
+        del warm  # the workers load their own
     log.info("plan: %s", chosen.describe())
     settings = settings.model_copy(
         update={"workers": chosen.workers, "ort_threads": chosen.threads}

@@ -21,7 +21,7 @@ per scenario:
 Then two models of the zoo (models/README.md; built by `make bench-models` if missing):
 
   compute-bound, mlp_bench (~1.8 ms per row on one core): V2 JSON with 1 row at 16
-      connections, API_WORKERS=auto (the rule gives 2 workers x 1 thread on 2 CPUs), with
+      connections, API_WORKERS=auto (the rule gives one worker of 2 threads on 2 CPUs), with
       batching on (the default) and off (model-config.json max_batch_size 0), against the
       plain onnxruntime loop with the same 2 threads at batch 1 and batch 16
       (bench_onnx.py), in turn, `--rounds` times;
