@@ -50,9 +50,9 @@ def uvicorn_options(settings: ApiSettings) -> dict[str, Any]:
 
 def capacity_plan(settings: ApiSettings, warm: OnnxModel | None = None) -> Plan:
     """Workers and threads for this model in this container (model_api.capacity), given
-    the model warmed up on one thread if it was (its latency and batch gain). A model still to come
-    (MODEL_WAIT_SECONDS) is of unknown size: one worker, unless API_WORKERS says
-    otherwise, and the server is live while it waits."""
+    the model warmed up on one thread if it was (its latency and batch gain). A model
+    still to come (MODEL_WAIT_SECONDS) is of unknown size: one worker, unless API_WORKERS
+    says otherwise, and the server is live while it waits."""
     try:
         size = model_size(settings.model_dir)
     except ModelMissingError:
