@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.helper as oh
 import onnx.numpy_helper
+import onnxruntime as ort
 import pytest
 
 from model_api.batching import Batcher
 from model_api.dataplane import prepare
 from model_api.errors import ModelInvalidError, ModelMissingError
-from model_api.model import OnnxModel, create_session, resolve_model_dir, session_options
-from model_api.model_config import CONFIG_FILE, ModelConfig, OnnxRuntime
+from model_api.model import (
+    SPINNING,
+    SPINNING_STOP,
+    OnnxModel,
+    create_session,
+    resolve_model_dir,
+    session_options,
+)
+from model_api.model_config import CONFIG_FILE, CPU_PROVIDER, ModelConfig, OnnxRuntime
 from tests.conftest import MODEL_V1, SETOSA
 
 
@@ -179,6 +189,51 @@ def test_config_threads_and_session_options(model_dir: Path) -> None:
     options = session_options(model.config, 3)
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1
     assert options.graph_optimization_level.name == "ORT_ENABLE_BASIC"
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_after_calls(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> float:
+    """CPU the process spends in the 100 ms after a few calls: what its threads burn
+    waiting for work."""
+    for _ in range(5):
+        session.run(None, inputs)
+    before = _cpu_seconds()
+    time.sleep(0.1)
+    return _cpu_seconds() - before
+
+
+def test_intra_op_threads_spin_only_while_a_call_runs(tmp_path: Path) -> None:
+    """A contract with ONNX Runtime (session.force_spinning_stop): the intra-op threads
+    of a served model sleep once a call returns. Fails on an onnxruntime that drops the
+    option: its threads would then spin for tens of milliseconds after every call, on the
+    cores the event loop needs."""
+    rng = np.random.RandomState(0)
+    weights = onnx.numpy_helper.from_array(rng.rand(256, 256).astype(np.float32), "w")
+    graph = oh.make_graph(
+        [oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Relu", ["h"], ["y"])],
+        "matmul",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 256])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 256])],
+        [weights],
+    )
+    model_file = write_model(tmp_path / "matmul" / "v1", graph) / "model.onnx"
+    inputs = {"x": rng.rand(64, 256).astype(np.float32)}
+    config = ModelConfig()
+    served = create_session(model_file, config, threads=2)
+    assert served.get_session_options().get_session_config_entry(SPINNING) == "1"
+    # The same session, but left spinning after its calls (onnxruntime's default): the
+    # measure sees it.
+    options = session_options(config, 2)
+    options.add_session_config_entry(SPINNING_STOP, "0")
+    spinning = ort.InferenceSession(str(model_file), options, providers=[CPU_PROVIDER])
+    assert _cpu_after_calls(spinning, inputs) > 0.010
+    del spinning
+    time.sleep(0.1)  # its threads wind down
+    assert _cpu_after_calls(served, inputs) < 0.005
 
 
 def test_execution_providers_by_preference_with_cpu_as_last_resort() -> None:
