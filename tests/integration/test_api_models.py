@@ -7,6 +7,7 @@ inputs: JSON and binary, every model kind of the zoo (models/README.md). Bad inp
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -272,3 +273,51 @@ def test_an_id_outside_the_vocabulary_is_a_400_from_the_model(tmp_path: Path) ->
         assert caught.value.status() == "400"
     finally:
         stop_api(server)
+
+
+def image_mean_model(path: Path) -> Path:
+    """FP32 [N, 3, 224, 224] -> the mean of each channel, [N, 3] (an ImageNet-sized input)."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["means"], axes=[2, 3], keepdims=0)],
+        "image_mean",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("means", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.mkdir(parents=True)
+    save(model, str(path / "model.onnx"))
+    return path
+
+
+def test_an_image_in_json_is_served_and_three_are_413(tmp_path: Path) -> None:
+    """MAX_BODY_BYTES=auto: one FP32 224x224 image as pretty-printed JSON (~5 MB, over the
+    1 MiB an iris model keeps) gets onnxruntime's answer; three in one request are over
+    the model's limit: 413 naming it, before the body is read."""
+    server = launch_api(image_mean_model(tmp_path / "image_mean" / "1"), API_ACCESS_LOG="false")
+    output = ""
+    try:
+        image = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+        body = {"inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                            "data": image.tolist()}]}  # fmt: skip
+        content = json.dumps(body, indent=2).encode()
+        assert len(content) > 4 * 2**20
+        url = f"{server.url}/v2/models/image_mean/infer"
+        answer = httpx.post(url, content=content, timeout=60)
+        assert answer.status_code == 200, answer.text
+        means = answer.json()["outputs"][0]
+        assert means["shape"] == [1, 3]
+        np.testing.assert_allclose(means["data"], image.mean(axis=(2, 3)).ravel(), rtol=1e-5)
+
+        body["inputs"][0]["shape"] = [3, 3, 224, 224]
+        body["inputs"][0]["data"] = np.repeat(image, 3, axis=0).tolist()
+        content = json.dumps(body).encode()
+        refused = httpx.post(url, content=content, timeout=60)
+        assert refused.status_code == 413
+        limit = int(re.search(r"MAX_BODY_BYTES=(\d+)", refused.json()["error"]).group(1))
+        assert len(content) > limit > 4 * 2**20
+    finally:
+        output = stop_api(server)
+    assert f"request bodies up to {limit} bytes" in output

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from model_api.capacity import (
+    BODY_BYTES,
     LARGE_MODEL_BYTES,
+    MAX_AUTO_BODY_BYTES,
     MiB,
+    body_limit,
     compute_bound,
     cpu_count,
     memory_limit,
@@ -18,7 +23,9 @@ from model_api.capacity import (
 )
 from model_api.config import ApiSettings
 from model_api.dataplane import runs_in_thread
+from model_api.datatypes import DATATYPES
 from model_api.errors import ModelTooLargeError
+from model_api.signature import Signature, TensorSpec
 
 
 def test_cgroup_v2_quota_caps_the_count(tmp_path: Path) -> None:
@@ -135,3 +142,64 @@ def test_a_lighter_model_is_held_once_when_batching_pays() -> None:
 def test_where_calls_run_by_default(latency: float, gain: float | None, in_thread: bool) -> None:
     model = SimpleNamespace(latency=latency, batch_gain=gain)
     assert runs_in_thread(model) is in_thread  # type: ignore[arg-type]
+
+
+def inputs(*specs: tuple[str, tuple[int, ...]]) -> Signature:
+    tensors = tuple(TensorSpec(f"x{i}", DATATYPES[t], shape) for i, (t, shape) in enumerate(specs))
+    return Signature(tensors, ())
+
+
+def request_json(signature: Signature, values: dict[str, float], indent: int | None) -> int:
+    """Bytes of a V2 JSON request of one row of every input, each value its datatype's
+    widest, nested as the shape (json.dumps, as Python clients send it)."""
+    tensors = []
+    for t in signature.inputs:
+        shape = [1 if d == -1 else d for d in t.shape]
+        data = np.full(shape, values[t.datatype.name], dtype=t.datatype.dtype)
+        tensors.append({"name": t.name, "shape": shape, "datatype": t.datatype.name,
+                        "data": data.tolist()})  # fmt: skip
+    return len(json.dumps({"id": "request-1", "inputs": tensors}, indent=indent))
+
+
+WIDEST = {
+    "FP32": float(np.float32(-1.1754944e-38)),  # float32's smallest normal, as a double
+    "FP64": -2.2250738585072014e-308,
+    "INT64": float(np.iinfo(np.int64).min),
+    "UINT8": 255,
+}
+
+
+def test_one_row_of_an_image_model_fits_in_json_even_pretty_printed() -> None:
+    """[3, 224, 224] FP32: ~4 MB as compact JSON of its widest floats, more indented; a
+    fixed 1 MiB refused every JSON request of such a model. Indented by 2 (as
+    json.dumps(indent=2) and most pretty-printers do), each value is on a line of its own."""
+    for datatype in ("FP32", "FP64", "UINT8"):
+        signature = inputs((datatype, (-1, 3, 224, 224)))
+        limit = body_limit(signature)
+        assert request_json(signature, WIDEST, indent=None) <= limit
+        assert request_json(signature, WIDEST, indent=2) <= limit
+    assert body_limit(inputs(("FP32", (-1, 3, 224, 224)))) > 4 * MiB
+
+
+def test_models_of_small_rows_keep_the_one_mib_default() -> None:
+    assert body_limit(inputs(("FP32", (-1, 4)))) == BODY_BYTES  # iris
+    assert body_limit(inputs(("INT64", (-1, -1)), ("INT64", (-1, -1)))) == BODY_BYTES  # text
+    assert body_limit(inputs(("BYTES", (-1, 1)))) == BODY_BYTES
+    assert body_limit(inputs(("UINT8", (-1, 3, 32, 32)))) == BODY_BYTES
+
+
+def test_every_input_counts_and_a_fixed_first_dimension_is_all_one_row() -> None:
+    one = body_limit(inputs(("FP32", (-1, 3, 224, 224))))
+    assert body_limit(inputs(("FP32", (1, 3, 224, 224)))) == one
+    assert body_limit(inputs(("FP32", (3, 224, 224)))) == one
+    assert body_limit(inputs(("FP32", (-1, 3, 224, 224)), ("FP32", (-1, 3, 224, 224)))) == 2 * one
+    assert body_limit(inputs(("FP32", (-1, 3, 224, 224)), ("INT64", (-1, -1)))) == one
+    assert body_limit(inputs(("FP32", (-1, 3, 4096, 4096)))) == MAX_AUTO_BODY_BYTES
+
+
+def test_max_body_bytes_is_auto_unless_set() -> None:
+    assert ApiSettings().max_body_bytes is None
+    assert ApiSettings(MAX_BODY_BYTES="auto").max_body_bytes is None
+    assert ApiSettings(MAX_BODY_BYTES="65536").max_body_bytes == 65536
+    with pytest.raises(ValueError, match="greater than or equal to 1024"):
+        ApiSettings(MAX_BODY_BYTES="0")

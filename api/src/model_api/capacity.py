@@ -16,6 +16,11 @@ The rule API_WORKERS=auto follows (docs/configuration.md, "Workers, threads and 
   request is mostly Python (HTTP, decoding), which only processes run in parallel.
 - Either way no more workers than the memory limit holds.
 
+Request bodies (MAX_BODY_BYTES=auto, `body_limit`): at least BODY_BYTES, and room for a
+request of one row of every input in JSON, each value at its widest and pretty-printed
+(on a line of its own, indented); at most MAX_AUTO_BODY_BYTES. An FP32 image of
+[3, 224, 224] takes ~3 MB in JSON: a fixed 1 MiB would refuse any image model's JSON.
+
 Memory per worker: WORKER_BYTES (Python, ONNX Runtime, the app) plus LOAD_FACTOR times
 the model's files (ONNX Runtime holds the weights, and briefly more while it loads
 them). A model that does not fit even in one worker is refused before it is loaded:
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_api.errors import ModelTooLargeError
+from model_api.signature import Signature
 
 MiB = 1 << 20
 # At or above this, a model is held once (one worker).
@@ -51,6 +57,12 @@ WORKER_BYTES = 110 * MiB
 LOAD_FACTOR = 1.35
 # uvicorn's supervisor process, with API_WORKERS > 1.
 SUPERVISOR_BYTES = 40 * MiB
+
+# Request bodies with MAX_BODY_BYTES=auto: at least this, at most the second; per value,
+# its widest JSON and PRETTY_BYTES (a newline and the indent of nested arrays).
+BODY_BYTES = 1 * MiB
+PRETTY_BYTES = 17
+MAX_AUTO_BODY_BYTES = 64 * MiB
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -176,3 +188,15 @@ def plan(
 
 def _need(workers: int, per_worker: int) -> int:
     return workers * per_worker + (SUPERVISOR_BYTES if workers > 1 else 0)
+
+
+def body_limit(signature: Signature) -> int:
+    """MAX_BODY_BYTES=auto: BODY_BYTES, or more if one row of the model's inputs needs it in
+    pretty-printed JSON; an input with an open dimension after the first, or of strings,
+    adds nothing (its rows are as long as the client makes them)."""
+    row = sum(
+        (t.datatype.json_width + PRETTY_BYTES) * (t.row_values or 0)
+        for t in signature.inputs
+        if t.datatype.json_width
+    )
+    return max(BODY_BYTES, min(MAX_AUTO_BODY_BYTES, row))

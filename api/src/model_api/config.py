@@ -57,8 +57,10 @@ class ApiSettings(BaseSettings):
     # Also the most rows one model call stacks from several requests, unless the model's
     # config (model-config.json, batching.max_batch_size) says otherwise.
     max_batch_size: int = Field(default=1024, ge=1, validation_alias="MAX_BATCH_SIZE")
-    # Request bodies larger than this get 413 before they are read whole.
-    max_body_bytes: int = Field(default=1 << 20, ge=1024, validation_alias="MAX_BODY_BYTES")
+    # Request bodies larger than this get 413 before they are read whole. "auto" (None
+    # here): 1 MiB, or room for one row of the model's inputs in JSON
+    # (model_api.capacity.body_limit).
+    max_body_bytes: int | None = Field(default=None, ge=1024, validation_alias="MAX_BODY_BYTES")
     # ONNX Runtime intra-op threads per worker; "auto" (None here): the CPUs divided by
     # the workers (model_api.capacity). A model's config may set its own.
     ort_threads: int | None = Field(
@@ -89,3 +91,10 @@ class ApiSettings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("", "auto", "0"):
             return None
         return None if value == 0 else value
+
+    @field_validator("max_body_bytes", mode="before")
+    @classmethod
+    def _auto_bytes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return value

@@ -34,6 +34,17 @@ class DataType:
         """Bytes per value in binary data (BYTES: variable)."""
         return 0 if self.kind == "S" else self.dtype.itemsize
 
+    @property
+    def json_width(self) -> int:
+        """The most bytes one value takes in a request's JSON, with its separator ", "
+        (0 for BYTES: a string is as long as the client makes it)."""
+        if self.kind == "f":
+            return len("-2.2250738585072014e-308, ")
+        if self.kind in "iu":
+            info = np.iinfo(self.dtype)
+            return len(str(info.min if self.kind == "i" else info.max)) + 2
+        return len("false, ") if self.kind == "b" else 0
+
 
 def _numeric(name: str, onnx: str, dtype: str) -> DataType:
     d = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model_api import __version__
+from model_api.capacity import BODY_BYTES, body_limit
 from model_api.config import ApiSettings
 from model_api.dataplane import DataPlane, load_model, prepare
 from model_api.drain import Drain
@@ -104,6 +105,14 @@ def create_app(
     peers = Peers.from_env(settings.workers or 1)
 
     def serve(loaded: OnnxModel) -> None:
+        if settings.max_body_bytes is None:
+            front.max_body_bytes = body_limit(loaded.signature)
+            if front.max_body_bytes > BODY_BYTES:
+                log.info(
+                    "request bodies up to %d bytes: one row of the model's inputs in JSON "
+                    "(MAX_BODY_BYTES=auto)",
+                    front.max_body_bytes,
+                )
         dataplane.serve(loaded)
         hot_routes.update(v2.hot_routes(loaded.name, loaded.version))
         app_metrics.model_info.labels(
@@ -162,11 +171,11 @@ def create_app(
         settings=settings, metrics=app_metrics, drain=drain, dataplane=dataplane, peers=peers
     )
     install_error_handlers(app)
-    app.front = RequestMiddleware(
+    app.front = front = RequestMiddleware(
         app.behind_front,
         state=app.state,
         metrics=app_metrics,
-        max_body_bytes=settings.max_body_bytes,
+        max_body_bytes=settings.max_body_bytes or BODY_BYTES,
         hot_routes=hot_routes,
         access_log=access_log,
     )

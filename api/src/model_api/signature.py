@@ -9,6 +9,7 @@ cannot travel over the protocol: they are left out and named in `hidden_outputs`
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,13 @@ class TensorSpec:
 
     def describe(self) -> str:
         return f"{self.name!r} ({self.datatype.name} {list(self.shape)})"
+
+    @property
+    def row_values(self) -> int | None:
+        """Values in one row of this input (all of it if its first dimension is fixed), or
+        None if a dimension after the first is open."""
+        rest = self.shape[1:] if self.shape and self.shape[0] == -1 else self.shape
+        return None if -1 in rest else math.prod(rest)
 
     def shape_problem(self, shape: Sequence[int]) -> str | None:
         """Why a tensor of `shape` cannot be this input, or None if it can."""
