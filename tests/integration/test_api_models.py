@@ -321,3 +321,39 @@ def test_an_image_in_json_is_served_and_three_are_413(tmp_path: Path) -> None:
     finally:
         output = stop_api(server)
     assert f"request bodies up to {limit} bytes" in output
+
+
+def test_concurrent_requests_to_a_model_that_mixes_rows_each_get_their_own_answer(
+    tmp_path: Path,
+) -> None:
+    """Softmax over the first dimension, open by the signature: stacked, each request's
+    answer would depend on the others'. Each of 48 concurrent requests (4 at a time, the
+    batcher waiting 20 ms for more) gets onnxruntime's answer for it alone."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=0)],
+        "softmax_over_rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "softmax_over_rows" / "1"
+    path.mkdir(parents=True)
+    save(model, str(path / "model.onnx"))
+    (path / "model-config.json").write_text('{"batching": {"max_queue_delay_ms": 20}}')
+    alone = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    server = launch_api(path, API_ACCESS_LOG="false")
+    try:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"), concurrency=4)
+        requests = [np.array([[k, 1, 2]], dtype=np.float32) for k in range(48)]
+        pending = [
+            client.async_infer("softmax_over_rows", [triton_input("x", x, binary=False)])
+            for x in requests
+        ]
+        for x, answer in zip(requests, pending, strict=True):
+            assert_same(answer.get_result().as_numpy("y"), alone.run(None, {"x": x})[0])
+    finally:
+        output = stop_api(server)
+    assert "no batch of independent rows" in output

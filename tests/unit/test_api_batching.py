@@ -30,7 +30,7 @@ class FakeModel:
             inputs=(TensorSpec("x", FP32, (dim, width)),),
             outputs=(TensorSpec("y", FP32, (dim, width)), TensorSpec("total", FP32, (dim,))),
         )
-        self.stacks = True
+        self.batches = self.signature.batchable
         self.calls: list[int] = []
         self.threads: set[int] = set()
         self.delay = delay

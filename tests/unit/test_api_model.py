@@ -109,6 +109,9 @@ def test_name_and_version_from_manifest_then_layout_then_settings(
     shutil.copytree(MODEL_V1, flat)
     loaded = OnnxModel.load(flat, name="given", version="7")
     assert (loaded.name, loaded.version) == ("given", "7")
+    # A name the routes cannot carry (/v2/models/org%2Firis was 404, its /infer 200).
+    with pytest.raises(ModelInvalidError, match="model name 'org/iris' cannot be served"):
+        OnnxModel.load(flat, name="org/iris", version="7")
 
 
 def test_corrupt_onnx(model_dir: Path) -> None:
@@ -383,3 +386,53 @@ def test_an_input_the_model_refuses_at_run_time_is_a_400_others_a_500(tmp_path: 
     error = translate_inference_error(caught.value)
     assert error.status_code == 400 and "the model refused the input" in error.message
     assert translate_inference_error(RuntimeError("boom")).status_code == 500
+
+
+def mixing_rows(tmp_path: Path, name: str, node: onnx.NodeProto, dims: list[str | None]) -> Path:
+    """A model of FP32 `dims` -> FP32 `dims` whose first dimension, open by its signature,
+    is no batch of independent rows (`node` mixes them)."""
+    graph = oh.make_graph(
+        [node],
+        name,
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, dims)],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, dims)],
+        [onnx.numpy_helper.from_array(np.array(0, dtype=np.int64), "axis")],
+    )
+    return write_model(tmp_path / name / "1", graph)
+
+
+@pytest.mark.parametrize(
+    ("name", "node", "dims"),
+    [
+        ("softmax_over_rows", oh.make_node("Softmax", ["x"], ["y"], axis=0), ["N", 3]),
+        # zeros and ones stacked: the running sum of the second is the first's too
+        ("running_sum", oh.make_node("CumSum", ["x", "axis"], ["y"]), ["seq"]),
+        ("transpose_unnamed", oh.make_node("Transpose", ["x"], ["y"], perm=[1, 0]), [None, None]),
+    ],
+)
+def test_warmup_finds_a_first_dimension_that_is_no_batch(
+    tmp_path: Path,
+    name: str,
+    node: onnx.NodeProto,
+    dims: list[str | None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stacked with another request, its answers would change (a softmax over the rows,
+    a running sum along a sequence) or hold the other's values (a transpose): the warm-up
+    stacks two different requests in either order, and the model is served unstacked."""
+    model = OnnxModel.load(mixing_rows(tmp_path, name, node, dims))
+    assert model.signature.batchable
+    with caplog.at_level(logging.WARNING):
+        prepare(model)
+    assert not model.batches and not Batcher(model, max_rows=16).stacking
+    assert "no batch of independent rows" in caplog.text
+
+
+def test_models_of_independent_rows_still_stack(tmp_path: Path) -> None:
+    """The same check passes for rows that are independent, whatever the kernels round."""
+    iris = OnnxModel.load(MODEL_V1)
+    prepare(iris)
+    relu_node = oh.make_node("Relu", ["x"], ["y"])
+    relu = OnnxModel.load(mixing_rows(tmp_path, "relu", relu_node, ["N", 3]))
+    prepare(relu)
+    assert iris.batches and relu.batches

@@ -38,7 +38,7 @@ def tensor(data: Any, shape: list[int] | None = None, **fields: Any) -> dict[str
 
 
 def test_server_and_model_metadata(client: TestClient) -> None:
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
     body = client.get("/v2/models/iris_svc").json()
     assert body == client.get("/v2/models/iris_svc/versions/v1").json()
     assert body["name"] == "iris_svc" and body["versions"] == ["v1"]
@@ -90,6 +90,13 @@ def test_binary_request_and_response(client: TestClient) -> None:
     assert np.frombuffer(raw[:16], dtype="<i8").tolist() == [0, 2]
     probabilities = np.frombuffer(raw[16:], dtype="<f4").reshape(2, 3)
     assert probabilities.argmax(1).tolist() == [0, 2]
+    for length in ("0", "-1", str(len(header + rows) + 1), "x"):
+        refused = client.post(
+            INFER, content=header + rows, headers={"Inference-Header-Content-Length": length}
+        )
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and "the length of its JSON header" in error
+        assert f"Inference-Header-Content-Length {length!r} must be an integer between 1" in error
 
 
 @pytest.mark.parametrize(
@@ -116,6 +123,8 @@ def test_binary_request_and_response(client: TestClient) -> None:
         ({**tensor(SETOSA), "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
         (tensor(None), "needs data, or parameters.binary_data_size"),
         (tensor(None, parameters={"binary_data_size": 16}), "16 bytes, but only 0 are left"),
+        (tensor(SETOSA, parameters={"binary_data_size": 16}),
+         "data or parameters.binary_data_size, not both"),
         ({"inputs": "x"}, "inputs: Input should be a valid list"),
         ([1], "Input should be a valid dictionary"),
     ],
@@ -158,3 +167,82 @@ def test_a_bool_among_many_numbers_is_found() -> None:
     values[99] = True
     with pytest.raises(BadRequestError, match="FP32 values must be numbers, got true/false"):
         decode(json.dumps(plain).encode(), None, signature, 8)
+
+
+def spec(name: str, *dims: int | str | None, datatype: str = "FP32") -> TensorSpec:
+    """A tensor of these dimensions: a size, a name (open), or None (open, unnamed)."""
+    shape = tuple(d if isinstance(d, int) else -1 for d in dims)
+    names = tuple(d if isinstance(d, str) else None for d in dims)
+    return TensorSpec(name, DATATYPES[datatype], shape, names)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "batchable"),
+    [
+        ([spec("x", None, 4)], [spec("y", None, 3)], True),  # scikit-learn's: unnamed
+        ([spec("ids", "batch", "seq"), spec("mask", "batch", "seq")],
+         [spec("logits", "batch", 2), spec("pooled", "out_dim_0", 8)], True),
+        ([spec("q", "Q", 4), spec("d", "D", 4)], [spec("scores", "Q", "D")], False),
+        ([spec("x", "N", "M")], [spec("y", "M", "N")], False),  # a transpose
+        ([spec("adjacency", "N", "N")], [spec("y", "N", 2)], False),
+        ([spec("x", 1, 4)], [spec("y", 1, 3)], False),
+        ([spec("x", None, 4)], [spec("total")], False),  # a scalar output
+    ],
+)  # fmt: skip
+def test_what_the_signature_allows_to_stack(
+    inputs: list[TensorSpec], outputs: list[TensorSpec], batchable: bool
+) -> None:
+    assert Signature(tuple(inputs), tuple(outputs)).batchable is batchable
+
+
+def v2_body(**tensors: np.ndarray) -> bytes:
+    return json.dumps({"inputs": [
+        {"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
+        for n, a in tensors.items()
+    ]}).encode()  # fmt: skip
+
+
+def test_inputs_that_name_a_dimension_alike_must_agree_on_it() -> None:
+    """ids and their mask of [batch, seq]: 2 and 3 long in seq is the client's mistake (a
+    400 naming both), not the model's failure (onnxruntime's broadcast error, a 500)."""
+    ids, mask = (spec(name, "batch", "seq", datatype="INT64") for name in ("ids", "mask"))
+    signature = Signature((ids, mask), (spec("logits", "batch", 2),))
+    same = v2_body(ids=np.zeros((1, 3), np.int64), mask=np.ones((1, 3), np.int64))
+    assert decode(same, None, signature, 8).rows == 1
+    for ids_shape, mask_shape, dim in (((1, 2), (1, 3), "seq"), ((2, 3), (1, 3), "batch")):
+        body = v2_body(ids=np.zeros(ids_shape, np.int64), mask=np.ones(mask_shape, np.int64))
+        with pytest.raises(BadRequestError, match=f"share the model's dimension '{dim}'"):
+            decode(body, None, signature, 8)
+
+
+def test_a_model_whose_first_dimension_is_no_batch_takes_any_length() -> None:
+    """Without stacking (max_rows None) the first dimension is no count of rows: a
+    2,000-long sequence is no 2,000 rows over MAX_BATCH_SIZE."""
+    signature = Signature((spec("x", "seq", datatype="INT64"),), (spec("y", "seq"),))
+    body = v2_body(x=np.arange(2000, dtype=np.int64))
+    with pytest.raises(BadRequestError, match="2000 rows exceed MAX_BATCH_SIZE=1024"):
+        decode(body, None, signature, 1024)
+    request = decode(body, None, signature, None)
+    assert request.rows is None and request.inputs["x"].shape == (2000,)
+
+
+def test_classification_needs_rows_of_scores(client: TestClient) -> None:
+    """A batch's one value per row ([N]) is no row of class scores: 400, not the rows
+    ranked against each other."""
+    signature = Signature((spec("x", None, 4),), (spec("label", None, datatype="INT64"),))
+    body = json.loads(v2_body(x=np.zeros((3, 4), np.int64)))
+    body["inputs"][0]["datatype"] = "FP32"
+    body["outputs"] = [{"name": "label", "parameters": {"classification": 1}}]
+    with pytest.raises(BadRequestError, match="holds no class scores"):
+        decode(json.dumps(body).encode(), None, signature, 8)
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
+
+
+def test_the_routers_own_errors_say_error(client: TestClient) -> None:
+    """404 for an unknown path and 405 in the form of every other error: tritonclient
+    reads "error" (its get_model_config got a decoding error from {"detail": ...})."""
+    missing = client.get("/v2/models/iris_svc/config")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+    wrong = client.delete("/predict")
+    assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
+    assert "POST" in wrong.headers["allow"]

@@ -1,8 +1,9 @@
 """Runs a model's inference calls, stacking concurrent requests where the model allows.
 
 Requests are stacked along the first dimension only when the model leaves that dimension
-open on every input and output (`Signature.batchable`) and did not fail on a batch of
-its warm-up request (`OnnxModel.stacks`), only with requests whose other
+open on every input and output (`Signature.batchable`) and its warm-up showed that
+stacked requests get the answers they get alone (`OnnxModel.batches`), only with
+requests whose other
 dimensions, datatypes and requested outputs are the same, and only up to
 `max_rows` rows per call. A model with a fixed first dimension (e.g. [1, 4]) gets one
 call per request, in arrival order. A request is never split, and never waits for a
@@ -79,7 +80,7 @@ class Batcher:
         metrics: Recorder | None = None,
     ) -> None:
         self.model = model
-        self.stacking = model.signature.batchable and model.stacks and max_rows > 1
+        self.stacking = model.batches and max_rows > 1
         self.max_rows = max(1, max_rows)
         self.max_delay = max_delay
         self.metrics = metrics

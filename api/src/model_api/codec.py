@@ -66,10 +66,10 @@ def split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         n = int(header_length)
     except ValueError:
         n = -1
-    if not 0 <= n <= len(body):
+    if not 1 <= n <= len(body):
         raise BadRequestError(
             f"Inference-Header-Content-Length {header_length!r} must be an integer "
-            f"between 0 and the body's {len(body)} bytes"
+            f"between 1 and the body's {len(body)} bytes: the length of its JSON header"
         )
     return body[:n], body[n:]
 
@@ -101,8 +101,11 @@ class Header(NamedTuple):
 
 
 def decode(
-    body: bytes, header_length: str | None, signature: Signature, max_rows: int
+    body: bytes, header_length: str | None, signature: Signature, max_rows: int | None
 ) -> InferenceRequest:
+    """A V2 request, checked against the signature; `max_rows`: the most rows a request
+    may hold, or None if the model's first dimension is no batch of rows (it does not
+    stack requests: OnnxModel.batches)."""
     header, binary = split(body, header_length)
     request = _header(header)
     # No true/false anywhere in the JSON: no bool can hide among numbers (saves a look
@@ -114,7 +117,7 @@ def decode(
         inputs=inputs,
         outputs=_outputs(request.outputs, signature, default_binary),
         id=request.id,
-        rows=_rows(inputs, signature, max_rows),
+        rows=None if max_rows is None else _rows(inputs, max_rows),
     )
 
 
@@ -194,6 +197,8 @@ def decode_inputs(
             raise BadRequestError(f"{where}.shape: {problem}")
         try:
             if tensor.data is not None:
+                if tensor.parameters and "binary_data_size" in tensor.parameters:
+                    raise BadRequestError(f"{where}: data or parameters.binary_data_size, not both")
                 inputs[tensor.name] = from_json(tensor.data, spec.datatype, tensor.shape, bools)
                 continue
             size = (tensor.parameters or {}).get("binary_data_size")
@@ -216,12 +221,14 @@ def decode_inputs(
         raise BadRequestError(
             f"{len(binary) - offset} bytes of binary data after the inputs' binary_data_size"
         )
+    if signature.shares_dims:
+        problem = signature.dims_problem({name: array.shape for name, array in inputs.items()})
+        if problem is not None:
+            raise BadRequestError(f"inputs: {problem}")
     return inputs
 
 
-def _rows(inputs: dict[str, np.ndarray], signature: Signature, limit: int) -> int | None:
-    if not signature.batchable:
-        return None
+def _rows(inputs: dict[str, np.ndarray], limit: int) -> int:
     arrays = iter(inputs.values())
     rows = next(arrays).shape[0]
     if any(array.shape[0] != rows for array in arrays):
@@ -257,7 +264,10 @@ def _outputs(
                 f"outputs.{i}.parameters.classification: must be a positive integer, "
                 f"got {classes!r}"
             )
-        if classes and (spec.datatype.kind not in "fiu" or not spec.shape):
+        # A batch's one value per row ([N]) is no row of scores either.
+        if classes and (
+            spec.datatype.kind not in "fiu" or len(spec.shape) < 1 + signature.batchable
+        ):
             raise BadRequestError(
                 f"outputs.{i}.parameters.classification: {spec.describe()} holds no class scores"
             )

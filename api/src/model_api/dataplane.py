@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "model-load-api"
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification"]
 # A model whose one inference takes this long runs its calls in a thread of their own
 # (INFERENCE_MODE=auto): below it, the hand-off (tens of microseconds) and the GIL's
 # back and forth cost more than the loop gains by going on with HTTP meanwhile.
@@ -202,7 +202,8 @@ class DataPlane:
         request_id: str,
     ) -> V2Inference:
         """A V2 inference request, decoded against the model's signature and under way."""
-        request = decode(body, header_length, model.signature, self.settings.max_batch_size)
+        max_rows = self.settings.max_batch_size if model.batches else None
+        request = decode(body, header_length, model.signature, max_rows)
         outputs = self.infer(request.inputs, request.output_names, request.rows)
         return V2Inference(model, request, request_id, outputs)
 

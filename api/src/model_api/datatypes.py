@@ -228,9 +228,17 @@ def _cast_numbers(values: np.ndarray, datatype: DataType) -> np.ndarray:
 
 
 def _strings(data: Sequence[Any]) -> np.ndarray:
-    values = np.array(data, dtype=object)
-    if not all(type(v) is str for v in values.flat):
+    try:
+        values = np.array(data, dtype=object)
+        flat = values.reshape(-1)
+    except (ValueError, RuntimeError):  # numpy: ragged, or nested more than 32 deep
+        flat = np.array([None])
+    if not all(type(v) is str for v in flat):
         raise DataError("BYTES values must be strings (in lists nested evenly)")
+    try:
+        "".join(flat).encode()
+    except UnicodeEncodeError:  # JSON may escape a lone surrogate, which is no text
+        raise DataError("BYTES values must be text: a string holds a lone surrogate") from None
     return values
 
 
@@ -269,6 +277,11 @@ def from_binary(raw: bytes | memoryview, datatype: DataType, shape: Sequence[int
 
 def _bytes_elements(raw: bytes | memoryview, count: int) -> np.ndarray:
     view = memoryview(raw)
+    if 4 * count > len(view):  # before making room for them: a shape costs nothing to send
+        raise DataError(
+            f"{len(view)} bytes of BYTES binary data cannot hold {count} elements (4 bytes "
+            "of length each, at least)"
+        )
     values = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from starlette.exceptions import HTTPException
 
 from model_api.schemas import FLOAT32_MAX
 
@@ -159,6 +160,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return await _api_error(request, translate_validation_error(exc))
 
 
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """The router's own answers (404 unknown path, 405 with Allow) in the same form as
+    every other error: tritonclient reads "error"."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -71,6 +71,14 @@ class Identity:
     name: str
     version: str
 
+    def __post_init__(self) -> None:
+        for what, value in (("name", self.name), ("version", self.version)):
+            if "/" in value or value in (".", ".."):
+                raise ModelInvalidError(
+                    f"model {what} {value!r} cannot be served: it is one segment of the "
+                    "path /v2/models/{name}/versions/{version} (no '/')"
+                )
+
     @classmethod
     def of(cls, path: Path, manifest: dict[str, Any], name: str, version: str) -> Identity:
         if manifest.get("model_name") and manifest.get("model_version"):
@@ -99,9 +107,18 @@ class OnnxModel:
     # request runs than that request: whether batching pays. None: not measured (a model
     # that cannot batch, or one heavy enough by its latency alone).
     batch_gain: float | None = None
-    # False when that batch failed: the signature leaves the first dimension open, yet an
-    # operator fixes it, so requests must not be stacked into one call.
+    # False when the warm-up showed that requests must not be stacked into one call,
+    # though the signature leaves the first dimension open: two different requests in
+    # one call got other answers than each alone (the first dimension is no batch of
+    # independent rows: a sequence, a softmax over it), or a batch failed (an operator
+    # fixes it).
     stacks: bool = True
+
+    @property
+    def batches(self) -> bool:
+        """Whether the first dimension is a batch of independent rows: requests may be
+        stacked along it, and a request's rows count against MAX_BATCH_SIZE."""
+        return self.signature.batchable and self.stacks
 
     @property
     def name(self) -> str:
@@ -195,7 +212,9 @@ class OnnxModel:
                 if i == 0:
                     timings.append(seconds)
         self.latency = min(timings) if timings else 0.0
-        if requests and self.signature.batchable and 0 < self.latency < HEAVY_SECONDS:
+        if requests and self.signature.batchable:
+            self.stacks = self._stacks_alike(requests[0], names)
+        if requests and self.batches and 0 < self.latency < HEAVY_SECONDS:
             self.batch_gain = self._batch_gain(requests[0], names)
         log.info(
             "warmed up: %d request(s); one inference takes %.3f ms%s",
@@ -211,6 +230,44 @@ class OnnxModel:
         self.run(inputs, names)
         return time.perf_counter() - started
 
+    def _stacks_alike(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> bool:
+        """Whether `inputs` and a different request (each value changed: +1, not, a
+        suffix), stacked in one call in either order, get the answers each gets alone
+        (floats within rounding). If the model refuses the other request, two copies of
+        `inputs` are stacked instead."""
+        requests = [inputs, _other_request(inputs)]
+        try:
+            answers = [self.run(r, names) for r in requests]
+        except Exception:  # onnxruntime's errors are untyped: e.g. an id beyond a vocabulary
+            answers = [self.run(inputs, names)] * 2
+            requests = [inputs, inputs]
+        rows = next(iter(inputs.values())).shape[0]
+        for first, second in ((0, 1), (1, 0)):
+            batch = {n: np.concatenate([requests[first][n], requests[second][n]]) for n in inputs}
+            try:
+                stacked = self.run(batch, names)
+            except Exception as exc:  # onnxruntime's errors are untyped
+                why = f"it failed on 2 requests in one call ({_first_line(exc)})"
+                return self._not_stacked(why)
+            for i, (name, out) in enumerate(zip(names, stacked, strict=True)):
+                if out.ndim == 0 or out.shape[0] != 2 * rows:
+                    why = f"{name!r} has {out.shape[:1]} rows for 2 requests of {rows}"
+                    return self._not_stacked(why)
+                if not (
+                    _alike(out[:rows], answers[first][i]) and _alike(out[rows:], answers[second][i])
+                ):
+                    why = f"2 requests in one call got other {name!r} than each alone"
+                    return self._not_stacked(why)
+        return True
+
+    def _not_stacked(self, why: str) -> bool:
+        log.warning(
+            "the model's signature leaves the first dimension open, but it is no batch of "
+            "independent rows: %s; requests are not stacked",
+            why,
+        )
+        return False
+
     def _batch_gain(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> float | None:
         """How many times faster per request BATCH_PROBE_ROWS copies of `inputs` run in
         one call than `inputs` alone; None if the model refuses the batch (then it does not
@@ -224,7 +281,7 @@ class OnnxModel:
                 "the model's signature leaves the batch open, but it failed on %d warm-up "
                 "requests in one call: requests are not stacked (%s)",
                 BATCH_PROBE_ROWS,
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                _first_line(exc),
             )
             return None
         return self.latency * BATCH_PROBE_ROWS / seconds if seconds > 0 else None
@@ -238,6 +295,34 @@ class OnnxModel:
             ).astype(spec.datatype.dtype)
             for spec in self.signature.inputs
         }
+
+
+def _other_request(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A request of the same shapes as `inputs` with every value changed."""
+    other = {}
+    for name, x in inputs.items():
+        if x.dtype.kind == "b":
+            other[name] = ~x
+        elif x.dtype.kind in "OSU":
+            other[name] = np.array([f"{v}_" for v in x.ravel()], dtype=x.dtype).reshape(x.shape)
+        else:
+            other[name] = (x + 1).astype(x.dtype)
+    return other
+
+
+def _alike(got: np.ndarray, want: np.ndarray) -> bool:
+    """Equal answers: exactly, or for floats within what the kernels a batch takes may
+    round differently."""
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    if got.dtype.kind == "f":
+        tolerance = 1e-2 if got.dtype.itemsize < 4 else 1e-4
+        return bool(np.allclose(got, want, rtol=tolerance, atol=tolerance, equal_nan=True))
+    return bool(np.array_equal(got, want))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def create_session(

@@ -23,6 +23,9 @@ class TensorSpec:
     name: str
     datatype: DataType
     shape: tuple[int, ...]  # -1: dynamic
+    # The model's names of the open dimensions ("batch", "seq"), None where it gives none;
+    # empty if not known. Tensors that name a dimension alike must agree on its size.
+    dims: tuple[str | None, ...] = ()
 
     @classmethod
     def from_ort(cls, arg: Any) -> TensorSpec | None:
@@ -31,7 +34,8 @@ class TensorSpec:
         if datatype is None:
             return None
         shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape or ())
-        return cls(arg.name, datatype, shape)
+        dims = tuple(d if isinstance(d, str) and d else None for d in arg.shape or ())
+        return cls(arg.name, datatype, shape, dims)
 
     def metadata(self) -> dict[str, Any]:
         """As the protocol's model metadata lists it."""
@@ -88,9 +92,43 @@ class Signature:
 
     @functools.cached_property
     def batchable(self) -> bool:
-        """Whether requests can be stacked along the first dimension: every input and
-        output has one, and the model leaves it open."""
-        return all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs))
+        """Whether requests can be stacked along the first dimension, as far as the
+        signature tells: every input and output has one, and the model leaves it open;
+        the inputs do not give it different names (queries [Q, 4] and documents [D, 4]
+        are no batch of rows), nor a name they give another of their dimensions ([N, N]),
+        and no output starts with such a name ([N, M] -> [M, N]). The warm-up then checks
+        that stacked requests get their answers alone (OnnxModel.stacks)."""
+        if not all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs)):
+            return False
+        first = {t.dims[0] for t in self.inputs if t.dims and t.dims[0]}
+        others = {d for t in self.inputs for d in t.dims[1:] if d}
+        return (
+            len(first) <= 1
+            and not first & others
+            and not any(t.dims and t.dims[0] in others for t in self.outputs)
+        )
+
+    @functools.cached_property
+    def shares_dims(self) -> bool:
+        """Whether the inputs name a dimension alike (more than once)."""
+        names = [d for t in self.inputs for d in t.dims if d]
+        return len(names) != len(set(names))
+
+    def dims_problem(self, shapes: dict[str, tuple[int, ...]]) -> str | None:
+        """Why inputs of these shapes disagree on a dimension the model names alike
+        (ids and their mask of [batch, seq]), or None."""
+        seen: dict[str, tuple[str, int]] = {}
+        for t in self.inputs:
+            for dim, size in zip(t.dims, shapes[t.name]):  # noqa: B905 (shapes checked)
+                if dim is None:
+                    continue
+                first = seen.setdefault(dim, (t.name, size))
+                if first[1] != size:
+                    return (
+                        f"{first[0]!r} and {t.name!r} share the model's dimension {dim!r}, "
+                        f"but are {first[1]} and {size} long in it"
+                    )
+        return None
 
     @functools.cached_property
     def output_names(self) -> tuple[str, ...]:

@@ -92,7 +92,7 @@ def _rows(call: Call, view: Tabular) -> np.ndarray:
 
 
 def _submit(call: Call, model: OnnxModel, view: Tabular, rows: np.ndarray) -> Any:
-    batch = len(rows) if model.signature.batchable else None
+    batch = len(rows) if model.batches else None
     return call.state.dataplane.infer({view.input.name: rows}, (view.output.name,), batch)
 
 
