@@ -114,6 +114,18 @@ def test_name_and_version_from_manifest_then_layout_then_settings(
         OnnxModel.load(flat, name="org/iris", version="7")
 
 
+def test_a_sample_that_does_not_fit_the_model_is_refused_at_start(model_dir: Path) -> None:
+    """GET /predict/test sends sample.json's rows: 3 features to a model of 4 would be
+    the request's fault in a 400, when the version is broken."""
+    (model_dir / "sample.json").write_text(json.dumps({"data": [[5.1, 3.5, 1.4]]}))
+    with pytest.raises(
+        ModelInvalidError, match=r"sample.json does not fit the model: .*got \[1, 3\]"
+    ):
+        prepare(OnnxModel.load(model_dir))
+    (model_dir / "sample.json").write_text(json.dumps({"data": [[5.1, 3.5, 1.4, 0.2]]}))
+    prepare(OnnxModel.load(model_dir))
+
+
 def test_corrupt_onnx(model_dir: Path) -> None:
     (model_dir / "model.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(ModelInvalidError, match="ONNX Runtime cannot load it"):

@@ -32,7 +32,7 @@ from model_api.errors import (
     describe_errors,
 )
 from model_api.metrics import Metrics
-from model_api.model import OnnxModel
+from model_api.model import OnnxModel, first_line
 from model_api.schemas import V2RequestInput
 from model_api.tabular import Tabular, tabular
 
@@ -78,8 +78,25 @@ def load_model(settings: ApiSettings, threads: int) -> OnnxModel:
 
 def prepare(model: OnnxModel) -> None:
     """Check what a model's files say against the model, and warm it up."""
-    tabular(model)  # raises if its labels and classes disagree
+    view = tabular(model)  # raises if its labels and classes disagree
     model.warmup(warmup_requests(model))
+    if model.sample is not None and isinstance(view, Tabular):
+        _check_sample(model, view)
+
+
+def _check_sample(model: OnnxModel, view: Tabular) -> None:
+    """sample.json's rows are what GET /predict/test sends: a model they do not fit is a
+    broken version, not a client's mistake to answer with 400 later."""
+    try:
+        rows = np.asarray(model.sample, dtype=view.input.datatype.dtype)
+        problem = view.input.shape_problem(rows.shape)
+        if problem is not None:
+            raise ValueError(problem)
+        model.run({view.input.name: rows}, [view.output.name])
+    except Exception as exc:  # numpy's and onnxruntime's errors alike: the file is at fault
+        raise ModelInvalidError(
+            f"{model.path}/sample.json does not fit the model: {first_line(exc)}"
+        ) from exc
 
 
 def warmup_requests(model: OnnxModel) -> list[dict[str, np.ndarray]]:

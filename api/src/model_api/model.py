@@ -247,7 +247,7 @@ class OnnxModel:
             try:
                 stacked = self.run(batch, names)
             except Exception as exc:  # onnxruntime's errors are untyped
-                why = f"it failed on 2 requests in one call ({_first_line(exc)})"
+                why = f"it failed on 2 requests in one call ({first_line(exc)})"
                 return self._not_stacked(why)
             for i, (name, out) in enumerate(zip(names, stacked, strict=True)):
                 if out.ndim == 0 or out.shape[0] != 2 * rows:
@@ -281,7 +281,7 @@ class OnnxModel:
                 "the model's signature leaves the batch open, but it failed on %d warm-up "
                 "requests in one call: requests are not stacked (%s)",
                 BATCH_PROBE_ROWS,
-                _first_line(exc),
+                first_line(exc),
             )
             return None
         return self.latency * BATCH_PROBE_ROWS / seconds if seconds > 0 else None
@@ -321,7 +321,7 @@ def _alike(got: np.ndarray, want: np.ndarray) -> bool:
     return bool(np.array_equal(got, want))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
