@@ -198,7 +198,9 @@ class OnnxModel:
     def warmup(self, requests: Sequence[dict[str, np.ndarray]]) -> None:
         """Run each warm-up request a few times (the first run pays set-up costs), and
         keep the fastest run of the first as the model's latency; then, for a batchable
-        model lighter than HEAVY_SECONDS, the same for a batch of the first (batch_gain)."""
+        model, whether stacked requests get their own answers (stacks), and if they do and
+        the model is lighter than HEAVY_SECONDS, the time of a batch of the first
+        (batch_gain)."""
         names = [t.name for t in self.signature.outputs]
         timings: list[float] = []
         for i, inputs in enumerate(requests):
