@@ -87,7 +87,7 @@ K8S_LOCAL_PORT ?= 8080
 k8s-images: ## build model-load/{api,loader,fake-gcs}:dev inside minikube's Docker
 	eval "$$($(MINIKUBE) docker-env)" && IMAGE_TAG=$(K8S_IMAGE_TAG) $(COMPOSE) build
 
-k8s-up: venv ## minikube: apply the overlay, wait for the rollout, smoke-test /predict
+k8s-up: venv ## minikube: apply the overlay, wait for the rollout, smoke-test an answer
 	$(KUBECTL) apply -k k8s/overlays/minikube
 	KUBECTL="$(KUBECTL)" bash k8s/smoke-test.sh $(K8S_LOCAL_PORT)
 
