@@ -192,6 +192,10 @@ class Rollout:
                 raise RolloutError(f"no progress possible with {strategy}")
         now = self.read_manifest(_inspect(new[:1])[0], "current")
         self.say(f"done: {len(new)} replicas serve {_describe(now)}")
+        self.say(
+            f"keep MODEL_URI={model_uri} in your environment or .env: a later `docker "
+            "compose up` (or make up) without it restarts the replicas on compose.yaml's default"
+        )
 
     def abort(self, ids: list[str], republish: dict[str, Any] | None) -> None:
         """Remove the replicas that never became ready (they got no traffic); publish

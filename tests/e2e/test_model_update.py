@@ -60,6 +60,8 @@ def roll(stack: Stack, old: str, new: str, *make_args: str) -> float:
     assert {a.version for a in during} <= {old, new}
     assert len(after) >= 100 and {a.version for a in after} == {new}
     assert re.search(rf"done: 2 replicas serve iris_svc {new} ", result.stdout), result.stdout
+    # What a later `docker compose up` must be given to keep serving it.
+    assert re.search(rf"keep MODEL_URI=gs://\S+/iris_svc/{new}/ in your", result.stdout)
     return returned - began
 
 

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from model_tools import zoo
+from model_tools.publish import publish
 from tests.conftest import ROOT
 from tests.v2_tensors import DATATYPES, NUMPY_DTYPES
 
@@ -265,3 +266,12 @@ def test_large_mlp_is_at_least_256_mb_at_full_size() -> None:
 def test_builds_are_deterministic_within_a_process() -> None:
     for build in (zoo.fixed_batch, zoo.text_classifier, lambda: zoo.mlp_bench(hidden=32)):
         assert zoo.serialize(build()) == zoo.serialize(build())
+
+
+def test_publish_refuses_a_model_the_loader_would_not_find(tmp_path: Path) -> None:
+    """The loader reads <uri>model.onnx: a version whose model.onnx is one directory down
+    is refused before anything is uploaded (no client call: None would fail)."""
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_bytes(b"\x08\x07")
+    with pytest.raises(ValueError, match=r"no model.onnx at its top to publish \(found onnx/model"):
+        publish(tmp_path, "gs://ml-models/nested/v1/", None)  # type: ignore[arg-type]

@@ -52,16 +52,21 @@ def publish(src: Path, uri: str, client: storage.Client, sign_key: Path | None =
     if not uri.startswith("gs://") or not uri.endswith("/"):
         raise ValueError(f"{uri!r}: expected gs://bucket/prefix/ (with the trailing slash)")
     bucket_name, _, prefix = uri[len("gs://") :].partition("/")
+    model = src / LAST
+    if not model.is_file():  # the loader reads <uri>model.onnx, and nothing deeper
+        nested = sorted(p.relative_to(src).as_posix() for p in src.rglob(LAST))
+        found = f" (found {', '.join(nested)}: publish its directory)" if nested else ""
+        raise ValueError(f"{src}: no {LAST} at its top to publish{found}")
     files = sorted(
         (
             p
             for p in src.rglob("*")
-            if p.is_file() and p.suffix != ".py" and not (sign_key and p.name == SIGNATURE)
+            if p.is_file()
+            and "__pycache__" not in p.relative_to(src).parts
+            and not (sign_key and p.name == SIGNATURE)
         ),
-        key=lambda p: (p.name == LAST, p.as_posix()),
+        key=lambda p: (p == model, p.as_posix()),
     )
-    if not any(p.name == LAST for p in files):
-        raise ValueError(f"{src}: no {LAST} to publish")
     existing = list(client.list_blobs(bucket_name, prefix=prefix, max_results=1))
     if existing:
         raise ValueError(f"{uri} already exists; publish a new version instead")
