@@ -63,6 +63,29 @@ def test_scale_up_and_down_with_compose_alone(stack: Stack) -> None:
         time.sleep(0.2)
 
 
+def test_with_no_replica_ready_the_proxy_answers_503_in_the_apis_form(stack: Stack) -> None:
+    """{"error": ...} as the API's own errors, which clients such as tritonclient parse
+    (HAProxy's own page is HTML); `docker compose start api` serves again."""
+    try:
+        stack.compose("stop", "api")
+        deadline = time.monotonic() + 30
+        while stack.routed():
+            assert time.monotonic() < deadline, stack.routed()
+            time.sleep(0.2)
+        answer = httpx.post(f"{stack.api}/predict", json={"data": [SETOSA]}, timeout=30)
+        assert answer.status_code == 503
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json() == {"error": "no API replica is ready"}
+    finally:
+        stack.compose("start", "api")
+        stack.compose("up", "-d", "--wait")
+    deadline = time.monotonic() + 30
+    while stack.routed() != stack.replica_addresses():
+        assert time.monotonic() < deadline, (stack.routed(), stack.replica_addresses())
+        time.sleep(0.2)
+    assert httpx.post(f"{stack.api}/predict", json={"data": [SETOSA]}).status_code == 200
+
+
 def test_heads_over_the_limits_get_400_at_the_proxy(stack: Stack) -> None:
     big, _ = raw(stack, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
     lines = b"".join(b"X-H%d: 1\r\n" % i for i in range(150))
