@@ -44,7 +44,7 @@ exit codes (the reason is one line on stderr, and in LOADER_TERMINATION_LOG):
   1    unexpected error (a bug: the line is followed by a traceback)
   2    bad configuration or usage: MODEL_URI malformed or unsupported, invalid settings
   3    storage unreachable within LOADER_WAIT_SECONDS, or retries exhausted
-  4    not found: bucket, prefix, object or a required file
+  4    not found: bucket, prefix, object, a required file or a model's external data
   5    permission denied, or no credentials (the line says how to provide them)
   6    integrity failure: checksum, size or MODEL_SHA256 mismatch, unsafe object name,
        signature missing or not valid for MODEL_VERIFY_KEY

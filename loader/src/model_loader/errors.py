@@ -4,7 +4,8 @@
     ├── ConfigError (2)             MODEL_URI malformed, unknown scheme, bad settings
     ├── SourceUnavailableError (3)  storage not reachable within LOADER_WAIT_SECONDS,
     │                               or a range's LOADER_RETRIES exhausted
-    ├── ObjectNotFoundError (4)     bucket, prefix, object or a required file is missing
+    ├── ObjectNotFoundError (4)     bucket, prefix, object, a required file or a model's
+    │                               external data file is missing
     ├── PermissionDeniedError (5)   401/403, or no credentials to ask with
     ├── IntegrityError (6)          checksum, size or MODEL_SHA256 mismatch, unsafe name
     ├── LoaderTimeoutError (7)      LOADER_TIMEOUT_SECONDS passed

@@ -44,6 +44,7 @@ from model_loader.errors import (
     IntegrityError,
     ObjectNotFoundError,
 )
+from model_loader.onnx_refs import NotOnnx, external_files
 from model_loader.progress import Progress
 from model_loader.signature import SIGNATURE_FILE, VerifyKey, verify
 from model_loader.sources.base import RemoteObject, Source
@@ -120,6 +121,7 @@ def load(settings: LoaderSettings, source: Source, dry_run: bool = False) -> Loa
         if archive is not None:
             _check_names(source.uri, names)
             _check_required(source.uri, names, settings.require_files)
+        _check_external_data(source.uri, staging, names)
         signature = _check_signature(source.uri, staging, entries, key)
         pinned = _pinned_name(settings, source.uri, names)
         if pinned is not None and settings.model_sha256 is not None:
@@ -241,6 +243,31 @@ def _check_required(uri: str, names: list[str], required: tuple[str, ...]) -> No
         raise ObjectNotFoundError(
             f"{uri}: missing {', '.join(missing)} (found: {', '.join(sorted(present))})"
         )
+
+
+def _check_external_data(uri: str, staging: Path, names: list[str]) -> None:
+    """Every file an ONNX model of the version keeps tensors in must be in the version."""
+    present = set(names)
+    for name in names:
+        if not name.endswith(".onnx"):
+            continue
+        try:
+            locations = external_files(staging / name)
+        except (NotOnnx, OSError) as exc:
+            log.warning("%s: not read as ONNX (%s); the API will say whether it loads", name, exc)
+            continue
+        folder = PurePosixPath(name).parent
+        missing = sorted(
+            location
+            for location in locations
+            if os.path.normpath(folder / location).replace(os.sep, "/") not in present
+        )
+        if missing:
+            hint = "" if uri.endswith("/") else "; MODEL_URI names one object: name its prefix"
+            raise ObjectNotFoundError(
+                f"{uri}: {name} keeps tensors in {', '.join(missing)}, which the version does "
+                f"not hold (found: {', '.join(sorted(present))}){hint}"
+            )
 
 
 def _identity(settings: LoaderSettings, uri: str, objects: list[RemoteObject]) -> tuple[str, str]:
