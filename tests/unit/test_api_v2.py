@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_binary_request_and_response(client: TestClient) -> None:
         (tensor([[1, 2], [3]], [1, 4]), "nested lists of different lengths"),
         (tensor([[1, 2], [3, 4]], [1, 4]), "nested as [2, 2], but the shape is [1, 4]"),
         (tensor([3.5e38, 1, 2, 3]), "FP32 values must be finite numbers within |x| <= 3.403e+38"),
-        ({"inputs": []}, "inputs: List should have at least 1 item"),
+        ({"inputs": []}, "inputs: missing 'input' (FP32 [-1, 4])"),
         ({"inputs": [{"name": "input"}]}, "inputs.0.shape: Field required"),
         ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]},
          "unknown input 'x'"),
@@ -246,3 +247,29 @@ def test_the_routers_own_errors_say_error(client: TestClient) -> None:
     wrong = client.delete("/predict")
     assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
     assert "POST" in wrong.headers["allow"]
+
+
+def test_a_model_that_takes_no_inputs_answers_an_empty_list(tmp_path: Path) -> None:
+    """A model of constants only: every request was refused ("at least 1 item")."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    table = nh.from_array(np.arange(4, dtype=np.float32).reshape(2, 2))
+    graph = oh.make_graph(
+        [oh.make_node("Constant", [], ["y"], value=table)],
+        "constant",
+        [],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "constant" / "1"
+    path.mkdir(parents=True)
+    onnx.save(model, path / "model.onnx")
+    with TestClient(create_app(ApiSettings(), OnnxModel.load(path))) as constant:
+        answer = constant.post("/v2/models/constant/infer", json={"inputs": []})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == [0.0, 1.0, 2.0, 3.0]
+        assert constant.get("/v2/models/constant").json()["inputs"] == []

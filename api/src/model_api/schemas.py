@@ -111,7 +111,8 @@ class V2InferRequest(BaseModel):
 
     id: StrictStr | None = None
     parameters: Parameters | None = None
-    inputs: list[V2RequestInput] = Field(min_length=1)
+    # Empty only for a model that takes no inputs: the signature says which are missing.
+    inputs: list[V2RequestInput]
     outputs: list[V2RequestOutput] | None = None
 
 
