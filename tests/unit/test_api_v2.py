@@ -188,6 +188,7 @@ def spec(name: str, *dims: int | str | None, datatype: str = "FP32") -> TensorSp
         ([spec("adjacency", "N", "N")], [spec("y", "N", 2)], False),
         ([spec("x", 1, 4)], [spec("y", 1, 3)], False),
         ([spec("x", None, 4)], [spec("total")], False),  # a scalar output
+        ([], [spec("y", None, 2)], False),  # no inputs: nothing to stack
     ],
 )  # fmt: skip
 def test_what_the_signature_allows_to_stack(

@@ -98,7 +98,9 @@ class Signature:
         are no batch of rows), nor a name they give another of their dimensions ([N, N]),
         and no output starts with such a name ([N, M] -> [M, N]). The warm-up then checks
         that stacked requests get their answers alone (OnnxModel.stacks)."""
-        if not all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs)):
+        if not self.inputs or not all(
+            t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs)
+        ):
             return False
         first = {t.dims[0] for t in self.inputs if t.dims and t.dims[0]}
         others = {d for t in self.inputs for d in t.dims[1:] if d}
