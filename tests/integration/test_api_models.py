@@ -275,21 +275,31 @@ def test_an_id_outside_the_vocabulary_is_a_400_from_the_model(tmp_path: Path) ->
         stop_api(server)
 
 
-def image_mean_model(path: Path) -> Path:
-    """FP32 [N, 3, 224, 224] -> the mean of each channel, [N, 3] (an ImageNet-sized input)."""
+def one_node_model(
+    path: Path, node: Any, x: tuple[str, list[Any]], y: tuple[str, list[Any]]
+) -> Path:
+    """A version directory at `path` holding a model of one FP32 input and one node."""
     from onnx import TensorProto, helper, save
 
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["image"], ["means"], axes=[2, 3], keepdims=0)],
-        "image_mean",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("means", TensorProto.FLOAT, ["N", 3])],
+        [node],
+        path.parent.name,
+        [helper.make_tensor_value_info(x[0], TensorProto.FLOAT, x[1])],
+        [helper.make_tensor_value_info(y[0], TensorProto.FLOAT, y[1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     path.mkdir(parents=True)
     save(model, str(path / "model.onnx"))
     return path
+
+
+def image_mean_model(path: Path) -> Path:
+    """FP32 [N, 3, 224, 224] -> the mean of each channel, [N, 3] (an ImageNet-sized input)."""
+    from onnx import helper
+
+    mean = helper.make_node("ReduceMean", ["image"], ["means"], axes=[2, 3], keepdims=0)
+    return one_node_model(path, mean, ("image", ["N", 3, 224, 224]), ("means", ["N", 3]))
 
 
 def test_an_image_in_json_is_served_and_three_are_413(tmp_path: Path) -> None:
@@ -329,19 +339,12 @@ def test_concurrent_requests_to_a_model_that_mixes_rows_each_get_their_own_answe
     """Softmax over the first dimension, open by the signature: stacked, each request's
     answer would depend on the others'. Each of 48 concurrent requests (4 at a time, the
     batcher waiting 20 ms for more) gets onnxruntime's answer for it alone."""
-    from onnx import TensorProto, helper, save
+    from onnx import helper
 
-    graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["y"], axis=0)],
-        "softmax_over_rows",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    softmax = helper.make_node("Softmax", ["x"], ["y"], axis=0)
+    path = one_node_model(
+        tmp_path / "softmax_over_rows" / "1", softmax, ("x", ["N", 3]), ("y", ["N", 3])
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "softmax_over_rows" / "1"
-    path.mkdir(parents=True)
-    save(model, str(path / "model.onnx"))
     (path / "model-config.json").write_text('{"batching": {"max_queue_delay_ms": 20}}')
     alone = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
     server = launch_api(path, API_ACCESS_LOG="false")

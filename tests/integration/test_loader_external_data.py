@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -44,8 +44,11 @@ def external_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+Upload = Callable[[Path, list[str]], str]
+
+
 @pytest.fixture
-def upload(fake_gcs: FakeGcs) -> Iterator[object]:
+def upload(fake_gcs: FakeGcs) -> Iterator[Upload]:
     def put(src: Path, names: list[str]) -> str:
         prefix = f"external/{uuid.uuid4().hex[:8]}/"
         bucket = storage.Client().bucket(BUCKET)
@@ -67,9 +70,9 @@ def load(fake_gcs: FakeGcs, model_dir: Path, uri: str) -> tuple[int, list[str]]:
 
 
 def test_a_model_with_external_data_is_loaded_whole_and_served(
-    fake_gcs: FakeGcs, upload: object, external_model: Path, tmp_path: Path
+    fake_gcs: FakeGcs, upload: Upload, external_model: Path, tmp_path: Path
 ) -> None:
-    uri = upload(external_model, ["model.onnx", "weights.bin"])  # type: ignore[operator]
+    uri = upload(external_model, ["model.onnx", "weights.bin"])
     code, errors = load(fake_gcs, tmp_path, uri)
     assert code == 0 and errors == []
     assert {p.name for p in (tmp_path / "current").iterdir()} >= {"model.onnx", "weights.bin"}
@@ -88,11 +91,11 @@ def test_a_model_with_external_data_is_loaded_whole_and_served(
 
 
 def test_a_version_without_its_weights_file_is_not_published(
-    fake_gcs: FakeGcs, upload: object, external_model: Path, tmp_path: Path
+    fake_gcs: FakeGcs, upload: Upload, external_model: Path, tmp_path: Path
 ) -> None:
     """Published, it would have failed in the API (ONNX Runtime's 'External data path
     does not exist'), each replica restarting; refused, the previous version stays."""
-    uri = upload(external_model, ["model.onnx"])  # type: ignore[operator]
+    uri = upload(external_model, ["model.onnx"])
     code, errors = load(fake_gcs, tmp_path, uri)
     assert code == 4 and len(errors) == 1
     assert "model.onnx keeps tensors in weights.bin, which the version does not hold" in errors[0]
