@@ -9,6 +9,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -285,22 +286,56 @@ def test_a_missing_provider_is_a_warning_not_a_failure(
 # -- what the protocol can and cannot carry ----------------------------------------------
 
 
-def test_non_tensor_outputs_are_left_out_and_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("classes", [[0, 1, 2], ["setosa", "versicolor", "virginica"]])
+def test_a_zipmap_output_is_served_as_rows_of_probabilities(
+    tmp_path: Path, classes: list[Any]
+) -> None:
     from skl2onnx import to_onnx
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
     x, y = load_iris(return_X_y=True)
     exported = to_onnx(  # scikit-learn's default export: probabilities as a ZipMap
-        LogisticRegression(max_iter=500).fit(x, y),
+        LogisticRegression(max_iter=500).fit(x, np.array(classes)[y]),
         x[:1].astype(np.float32),
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     (tmp_path / "zipmap" / "v1").mkdir(parents=True)
     onnx.save(exported, tmp_path / "zipmap" / "v1" / "model.onnx")
     model = OnnxModel.load(tmp_path / "zipmap" / "v1")
-    assert [t.name for t in model.signature.outputs] == ["output_label"]
-    assert model.signature.hidden_outputs == ("output_probability",)
+    assert model.signature.zipmaps == ("output_probability",)
+    assert model.signature.output("output_probability").shape == (-1, -1)  # type: ignore[union-attr]
+    model.warmup([model.zeros()])
+    spec = model.signature.output("output_probability")
+    assert spec is not None and (spec.datatype.name, spec.shape) == ("FP32", (-1, 3))
+    assert model.batches and not model.signature.hidden_outputs
+    # Class names (a classifier trained on strings) are its labels: /predict/label works.
+    assert model.labels == (classes if isinstance(classes[0], str) else None)
+    rows = x[[0, 100, 60]].astype(np.float32)
+    label, probabilities = model.run({"X": rows}, ["output_label", "output_probability"])
+    maps = model.session.run(["output_probability"], {"X": rows})[0]
+    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 3)
+    assert probabilities.tolist() == [list(np.float32(list(m.values()))) for m in maps]
+    assert [list(m) for m in maps] == [classes] * 3  # the columns: the maps' key order
+    assert label.tolist() == np.array(classes)[probabilities.argmax(axis=1)].tolist()
+
+
+def test_other_non_tensor_outputs_are_left_out_and_named(tmp_path: Path) -> None:
+    graph = oh.make_graph(
+        [
+            oh.make_node("Identity", ["x"], ["y"]),
+            oh.make_node("SequenceConstruct", ["x", "x"], ["pair"]),
+        ],
+        "seq",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
+        [
+            oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2]),
+            oh.make_tensor_sequence_value_info("pair", onnx.TensorProto.FLOAT, None),
+        ],
+    )
+    model = OnnxModel.load(write_model(tmp_path / "seq" / "v1", graph))
+    assert [t.name for t in model.signature.outputs] == ["y"]
+    assert model.signature.hidden_outputs == ("pair",) and not model.signature.zipmaps
 
 
 def test_bfloat16_inputs_are_refused_with_the_reason(tmp_path: Path) -> None:

@@ -77,9 +77,10 @@ def load_model(settings: ApiSettings, threads: int) -> OnnxModel:
 
 
 def prepare(model: OnnxModel) -> None:
-    """Check what a model's files say against the model, and warm it up."""
-    view = tabular(model)  # raises if its labels and classes disagree
+    """Warm the model up, and check what its files say against it (after the warm-up,
+    which learns how many classes a ZipMap output has)."""
     model.warmup(warmup_requests(model))
+    view = tabular(model)  # raises if its labels and classes disagree
     if model.sample is not None and isinstance(view, Tabular):
         _check_sample(model, view)
 

@@ -192,8 +192,11 @@ class OnnxModel:
         return model
 
     def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
-        """One onnxruntime call: the named outputs for these inputs."""
-        return self.session.run(list(outputs), inputs)  # type: ignore[no-any-return]
+        """One onnxruntime call: the named outputs for these inputs (ZipMaps as arrays)."""
+        results = self.session.run(list(outputs), inputs)
+        if self.signature.zipmaps:
+            return [r if isinstance(r, np.ndarray) else zipmap_rows(r) for r in results]
+        return results  # type: ignore[no-any-return]
 
     def warmup(self, requests: Sequence[dict[str, np.ndarray]]) -> None:
         """Run each warm-up request a few times (the first run pays set-up costs), and
@@ -214,6 +217,8 @@ class OnnxModel:
                 if i == 0:
                     timings.append(seconds)
         self.latency = min(timings) if timings else 0.0
+        if requests and self.signature.zipmaps:
+            self._learn_classes(requests[0])
         if requests and self.signature.batchable:
             self.stacks = self._stacks_alike(requests[0], names)
         if requests and self.batches and 0 < self.latency < HEAVY_SECONDS:
@@ -226,6 +231,21 @@ class OnnxModel:
             if self.batch_gain is None
             else f", {BATCH_PROBE_ROWS} at once {self.batch_gain:.1f}x faster per request",
         )
+
+    def _learn_classes(self, inputs: dict[str, np.ndarray]) -> None:
+        """The number of classes of each ZipMap output, from one run; and their names as
+        the model's labels if it has none and names them (a classifier trained on
+        strings)."""
+        zipmaps = self.signature.zipmaps
+        maps = self.session.run(list(zipmaps), inputs)
+        keys = {
+            name: list(rows[0]) if rows else [] for name, rows in zip(zipmaps, maps, strict=True)
+        }
+        self.signature = self.signature.with_classes({n: len(k) for n, k in keys.items()})
+        names = [k for ks in keys.values() for k in ks]
+        if self.labels is None and len(keys) == 1 and names and all(type(k) is str for k in names):
+            self.labels = names
+            log.info("labels: the class names of %r", zipmaps[0])
 
     def _timed(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> float:
         started = time.perf_counter()
@@ -321,6 +341,14 @@ def _alike(got: np.ndarray, want: np.ndarray) -> bool:
         tolerance = 1e-2 if got.dtype.itemsize < 4 else 1e-4
         return bool(np.allclose(got, want, rtol=tolerance, atol=tolerance, equal_nan=True))
     return bool(np.array_equal(got, want))
+
+
+def zipmap_rows(maps: Sequence[dict[Any, float]]) -> np.ndarray:
+    """A ZipMap's output (per row, a map of class -> probability) as FP32 [rows, classes],
+    in the maps' key order."""
+    if not maps:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.array([list(m.values()) for m in maps], dtype=np.float32)
 
 
 def first_line(exc: BaseException) -> str:

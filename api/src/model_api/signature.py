@@ -1,21 +1,30 @@
 """A model's signature: its inputs and outputs, by name, with datatype and shape.
 
 Read from the ONNX Runtime session. A dimension the model leaves open (a symbolic name
-such as "batch", or none) is -1, as the Open Inference Protocol reports it. Outputs
-that are not tensors (e.g. the ZipMap sequences scikit-learn exports produce by default)
-cannot travel over the protocol: they are left out and named in `hidden_outputs`.
+such as "batch", or none) is -1, as the Open Inference Protocol reports it.
+
+Outputs that are not tensors cannot travel over the protocol as they are. One kind is
+served as a tensor: the ZipMap that ends scikit-learn's classifiers exported with their
+defaults (the seed's own iris model has one), a sequence of one map per row, class ->
+probability, is FP32 [rows, classes], the classes in the maps' key order (what
+`list(probabilities[i].values())` gives); the warm-up learns how many classes. Any other
+is left out and named in `hidden_outputs`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from model_api.datatypes import BY_ONNX, UNSUPPORTED, DataType
+from model_api.datatypes import BY_ONNX, DATATYPES, UNSUPPORTED, DataType
 from model_api.errors import ModelInvalidError
+
+# ONNX Runtime's types of a ZipMap's output (its keys: class ids, or class names).
+ZIPMAP_TYPES = frozenset({"seq(map(int64,tensor(float)))", "seq(map(string,tensor(float)))"})
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,14 @@ class TensorSpec:
     # The model's names of the open dimensions ("batch", "seq"), None where it gives none;
     # empty if not known. Tensors that name a dimension alike must agree on its size.
     dims: tuple[str | None, ...] = ()
+    # The model gives this output as a ZipMap (a map per row), served as their values.
+    zipmap: bool = False
 
     @classmethod
     def from_ort(cls, arg: Any) -> TensorSpec | None:
         """From an onnxruntime NodeArg; None if it is not a tensor the protocol can carry."""
+        if arg.type in ZIPMAP_TYPES:
+            return cls(arg.name, DATATYPES["FP32"], (-1, -1), zipmap=True)
         datatype = BY_ONNX.get(arg.type)
         if datatype is None:
             return None
@@ -131,6 +144,19 @@ class Signature:
                         f"but are {first[1]} and {size} long in it"
                     )
         return None
+
+    @functools.cached_property
+    def zipmaps(self) -> tuple[str, ...]:
+        """The outputs the model gives as ZipMaps (served as FP32 [rows, classes])."""
+        return tuple(t.name for t in self.outputs if t.zipmap)
+
+    def with_classes(self, classes: dict[str, int]) -> Signature:
+        """This signature with the number of classes of its ZipMap outputs, by name."""
+        outputs = tuple(
+            dataclasses.replace(t, shape=(-1, classes[t.name])) if t.name in classes else t
+            for t in self.outputs
+        )
+        return Signature(self.inputs, outputs, self.hidden_outputs)
 
     @functools.cached_property
     def output_names(self) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ DEFAULT_OUT = MODELS_DIR / "iris_svc" / "v1"
 
 
 @contextlib.contextmanager
-def _svc_probability_deprecation_ignored() -> Iterator[None]:
+def svc_probability_deprecation_ignored() -> Iterator[None]:
     # scikit-learn 1.9 deprecates SVC(probability=True) and its probA_/probB_
     # attributes (removal planned for 1.11, hence the <1.11 pin in pyproject.toml).
     with warnings.catch_warnings():
@@ -69,14 +69,14 @@ def train(svc_c: float = 1.0) -> tuple[Pipeline, float, dict[str, str]]:
             ("svc", SVC(C=svc_c, probability=True, random_state=RANDOM_STATE)),
         ]
     )
-    with _svc_probability_deprecation_ignored():
+    with svc_probability_deprecation_ignored():
         model.fit(x_train, y_train)
     labels = {str(i): str(name) for i, name in enumerate(iris.target_names)}
     return model, float(model.score(x_test, y_test)), labels
 
 
 def to_onnx(model: Pipeline, n_features: int) -> bytes:
-    with _svc_probability_deprecation_ignored():
+    with svc_probability_deprecation_ignored():
         onx = convert_sklearn(
             model,
             name="iris_svc",
@@ -109,7 +109,7 @@ def export(out_dir: Path, svc_c: float = 1.0) -> Pipeline:
 
 
 def predict_proba(model: Pipeline, rows: np.ndarray) -> np.ndarray:
-    with _svc_probability_deprecation_ignored():
+    with svc_probability_deprecation_ignored():
         return model.predict_proba(rows)
 
 

@@ -1,0 +1,99 @@
+"""A classifier exported with scikit-learn's defaults, as the seed's own iris_svc.onnx was:
+its probabilities are a ZipMap (per row, a map of class -> probability), which the seed's
+code read as `list(session.run(None, feeds)[1][0].values())`. The real API serves it on
+the seed's routes with those very numbers, and over V2 as FP32 [rows, classes].
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+
+from model_load_harness.api import ApiServer, launch_api, stop_api
+from model_tools import train
+from tests.conftest import SETOSA, VIRGINICA
+
+ROWS = np.array([SETOSA, VIRGINICA, [6.0, 2.9, 4.5, 1.5]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def book_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """iris_svc/v1 as the seed published it: the default export (ZipMap on), label.json
+    and sample.json beside it."""
+    pipeline, _, labels = train.train()
+    with train.svc_probability_deprecation_ignored():
+        exported = convert_sklearn(
+            pipeline,
+            initial_types=[("input", FloatTensorType([None, 4]))],
+            target_opset=train.TARGET_OPSET,
+        )
+    path = tmp_path_factory.mktemp("book") / "iris_svc" / "v1"
+    path.mkdir(parents=True)
+    (path / "model.onnx").write_bytes(exported.SerializeToString())
+    (path / "label.json").write_text(json.dumps(labels))
+    (path / "sample.json").write_text(json.dumps({"data": [SETOSA]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def api(book_model: Path) -> Iterator[ApiServer]:
+    server = launch_api(book_model, API_ACCESS_LOG="false")
+    yield server
+    stop_api(server)
+
+
+@pytest.fixture(scope="module")
+def book_answers(book_model: Path) -> list[list[float]]:
+    """What the seed's code computed for each row: the ZipMap's values, row by row."""
+    session = ort.InferenceSession(str(book_model / "model.onnx"))
+    assert "seq(map" in session.get_outputs()[1].type  # the export did zip its maps
+    return [
+        [float(v) for v in session.run(None, {"input": row[None]})[1][0].values()] for row in ROWS
+    ]
+
+
+def test_predict_answers_the_seeds_probabilities(
+    api: ApiServer, book_answers: list[list[float]]
+) -> None:
+    for row, want in zip(ROWS.tolist(), book_answers, strict=True):
+        got = httpx.post(f"{api.url}/predict", json={"data": [row]})
+        assert got.status_code == 200, got.text
+        np.testing.assert_allclose(got.json()["prediction"], want, rtol=1e-6, atol=1e-7)
+    labels = [
+        httpx.post(f"{api.url}/predict/label", json={"data": [r]}).json() for r in ROWS[:2].tolist()
+    ]
+    assert labels == [{"prediction": "setosa"}, {"prediction": "virginica"}]
+    test = httpx.get(f"{api.url}/predict/test").json()["prediction"]
+    np.testing.assert_allclose(test, book_answers[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_v2_serves_the_zipmap_as_rows_of_probabilities(
+    api: ApiServer, book_answers: list[list[float]], binary: bool
+) -> None:
+    client = triton.InferenceServerClient(api.url.removeprefix("http://"))
+    metadata = client.get_model_metadata("iris_svc")
+    assert metadata["outputs"] == [
+        {"name": "output_label", "datatype": "INT64", "shape": [-1]},
+        {"name": "output_probability", "datatype": "FP32", "shape": [-1, 3]},
+    ]
+    tensor = triton.InferInput("input", list(ROWS.shape), "FP32")
+    tensor.set_data_from_numpy(ROWS, binary_data=binary)
+    outputs = [
+        triton.InferRequestedOutput(name, binary_data=binary)
+        for name in ("output_label", "output_probability")
+    ]
+    result = client.infer("iris_svc", [tensor], outputs=outputs)
+    probabilities = result.as_numpy("output_probability")
+    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 3)
+    np.testing.assert_allclose(probabilities, book_answers, rtol=1e-5, atol=1e-6)
+    assert result.as_numpy("output_label").tolist() == np.argmax(book_answers, axis=1).tolist()
