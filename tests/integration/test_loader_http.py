@@ -81,6 +81,18 @@ def test_single_file(served: tuple[str, Path], tmp_path: Path) -> None:
     assert again.returncode == 0 and "up to date" in again.stderr
 
 
+def test_a_lone_onnx_file_is_the_versions_model_onnx(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, root = served
+    (root / "iris_svc.onnx").write_bytes(MODEL)
+    result = run_loader(loader(f"{url}/iris_svc.onnx", tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "current" / "model.onnx").read_bytes() == MODEL
+    manifest = json.loads((tmp_path / "m" / "current" / "manifest.json").read_text())
+    assert (manifest["model_name"], manifest["model_version"]) == ("iris_svc", "1")
+
+
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
 def test_archive_is_unpacked(served: tuple[str, Path], tmp_path: Path, kind: str) -> None:
     url, root = served

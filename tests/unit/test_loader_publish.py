@@ -228,6 +228,35 @@ def test_name_and_version_come_from_the_uri_unless_set(tmp_path: Path) -> None:
     assert (named.manifest["model_name"], named.manifest["model_version"]) == ("m", "7")
 
 
+@pytest.mark.parametrize(
+    ("path", "identity"),
+    [
+        ("iris_svc.onnx", ("iris_svc", "1")),  # the seed's one file, at the bucket's top
+        ("pattern/iris_svc.onnx", ("iris_svc", "1")),
+        ("fraud/v3/model.onnx", ("fraud", "v3")),  # model.onnx: its folders name it
+    ],
+)
+def test_a_uri_naming_one_onnx_file_publishes_it_as_model_onnx(
+    tmp_path: Path, path: str, identity: tuple[str, str]
+) -> None:
+    (tmp_path / "bucket" / path).parent.mkdir(parents=True)
+    (tmp_path / "bucket" / path).write_bytes(b"onnx bytes")
+    uri = (tmp_path / "bucket" / path).as_uri()
+    result = load(settings(tmp_path / "m", uri), FileSource(uri))
+    files = published(tmp_path / "m")
+    assert sorted(files) == ["manifest.json", "model.onnx"] and files["model.onnx"] == b"onnx bytes"
+    assert (result.manifest["model_name"], result.manifest["model_version"]) == identity
+    assert [(o["name"], o["uri"]) for o in result.manifest["objects"]] == [("model.onnx", uri)]
+    assert load(settings(tmp_path / "m", uri), FileSource(uri)).status == "up-to-date"
+
+
+def test_a_lone_file_of_another_kind_keeps_its_name(tmp_path: Path) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"w")
+    uri = (tmp_path / "weights.bin").as_uri()
+    with pytest.raises(ObjectNotFoundError, match=r"missing model.onnx \(found: weights.bin\)"):
+        load(settings(tmp_path / "m", uri), FileSource(uri))
+
+
 def test_read_manifest_tolerates_garbage(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     assert read_manifest(tmp_path) is None

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from model_loader import __version__
 from model_loader.config import LoaderSettings
@@ -271,14 +271,24 @@ def _check_external_data(uri: str, staging: Path, names: list[str]) -> None:
 
 
 def _identity(settings: LoaderSettings, uri: str, objects: list[RemoteObject]) -> tuple[str, str]:
-    """Model name and version: from settings, else the URI's last two path segments."""
+    """Model name and version: from settings, else the URI's last two path segments (a
+    URI naming one file: its folder's); an ONNX file named otherwise than model.onnx
+    names the model itself, version 1 (gs://bucket/iris_svc.onnx: iris_svc 1)."""
     parts = urlsplit(uri)
     segments = [s for s in (parts.netloc + "/" + parts.path).split("/") if s]
-    if len(objects) == 1 and segments and segments[-1] == objects[0].name:
-        segments.pop()  # the URI named a single object
+    if len(objects) == 1 and segments and segments[-1] == _file_name(objects[0].uri):
+        file = segments.pop()  # the URI named a single object
+        stem, dot, suffix = file.rpartition(".")
+        if dot and suffix.lower() == "onnx" and file != PINNED_FILE and stem:
+            return settings.model_name or stem, settings.model_version or "1"
     derived_name = segments[-2] if len(segments) >= 2 else (segments[-1] if segments else "model")
     derived_version = segments[-1] if len(segments) >= 2 else "1"
     return settings.model_name or derived_name, settings.model_version or derived_version
+
+
+def _file_name(uri: str) -> str:
+    """The last segment of a URI's path, unquoted."""
+    return unquote(urlsplit(uri).path.rstrip("/").rpartition("/")[2])
 
 
 def _same(

@@ -27,6 +27,16 @@ class RemoteObject:
         return (self.name, self.size, self.generation, self.md5, self.crc32c)
 
 
+MODEL_FILE = "model.onnx"
+
+
+def lone_file_name(name: str) -> str:
+    """The name in the version of a file that MODEL_URI names alone: an ONNX file is the
+    version's model.onnx whatever it is called (gs://bucket/iris_svc.onnx, as the seed
+    stored it); any other file keeps its name."""
+    return MODEL_FILE if name.lower().endswith(".onnx") else name
+
+
 def done(result: str | None) -> Future[str | None]:
     """A download that finished before it was handed back (a local copy)."""
     future: Future[str | None] = Future()

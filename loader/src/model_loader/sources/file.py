@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from model_loader.config import LoaderSettings
 from model_loader.errors import ConfigError, ObjectNotFoundError, PermissionDeniedError
-from model_loader.sources.base import RemoteObject, done
+from model_loader.sources.base import RemoteObject, done, lone_file_name
 
 
 class FileSource:
@@ -23,7 +23,7 @@ class FileSource:
 
     def list_objects(self) -> list[RemoteObject]:
         if self.root.is_file():
-            return [self._describe(self.root, self.root.name)]
+            return [self._describe(self.root, lone_file_name(self.root.name))]
         if not self.root.is_dir():
             raise ObjectNotFoundError(f"{self.uri}: no such file or directory")
         try:

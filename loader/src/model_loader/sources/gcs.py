@@ -39,7 +39,7 @@ from model_loader.errors import (
     PermissionDeniedError,
     SourceUnavailableError,
 )
-from model_loader.sources.base import RemoteObject
+from model_loader.sources.base import RemoteObject, lone_file_name
 from model_loader.transfer import (
     CONNECT_TIMEOUT_SECONDS,
     Downloader,
@@ -176,11 +176,15 @@ class GcsSource:
                     self.prefix, retry=self._retry, timeout=self._timeout
                 )
                 if single is not None:
-                    prefix = self.prefix.rpartition("/")[0] + "/" if "/" in self.prefix else ""
-                    blobs = [single]
+                    name = lone_file_name(single.name.rpartition("/")[2])
+                    self._blobs = {name: single}
+                    return self._listed()
         if not blobs:
             raise ObjectNotFoundError(f"no objects under {self.uri}")
         self._blobs = {b.name[len(prefix) :]: b for b in blobs}
+        return self._listed()
+
+    def _listed(self) -> list[RemoteObject]:
         return [
             RemoteObject(
                 name=name,

@@ -39,7 +39,7 @@ from model_loader.errors import (
     PermissionDeniedError,
     SourceUnavailableError,
 )
-from model_loader.sources.base import RemoteObject, done
+from model_loader.sources.base import RemoteObject, done, lone_file_name
 from model_loader.transfer import (
     CONNECT_TIMEOUT_SECONDS,
     MIB,
@@ -84,7 +84,7 @@ class HttpSource:
         )
         return [
             RemoteObject(
-                name=self.name,
+                name=self.name if self.archive else lone_file_name(self.name),
                 uri=self.uri,
                 size=size,
                 generation=generation,

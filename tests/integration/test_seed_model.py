@@ -1,26 +1,34 @@
-"""A classifier exported with scikit-learn's defaults, as the seed's own iris_svc.onnx was:
-its probabilities are a ZipMap (per row, a map of class -> probability), which the seed's
-code read as `list(session.run(None, feeds)[1][0].values())`. The real API serves it on
-the seed's routes with those very numbers, and over V2 as FP32 [rows, classes].
+"""The seed's own model, stored the seed's way, through the real fake-gcs-server, loader
+and API. The seed's iris_svc.onnx was a classifier exported with scikit-learn's defaults:
+its probabilities are a ZipMap (per row, a map of class -> probability), which the
+seed's code read as `list(session.run(None, feeds)[1][0].values())`; and the bucket held
+that one file, `iris_svc.onnx`. MODEL_URI naming it publishes it as the version's
+model.onnx (model iris_svc, version 1), and the API serves it on the seed's routes with
+the seed's very numbers, and over V2 as FP32 [rows, classes].
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
+from google.cloud import storage
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 
 from model_load_harness.api import ApiServer, launch_api, stop_api
+from model_load_harness.fakegcs import FakeGcs
 from model_tools import train
 from tests.conftest import SETOSA, VIRGINICA
+from tests.integration.conftest import BUCKET, run_loader
 
 ROWS = np.array([SETOSA, VIRGINICA, [6.0, 2.9, 4.5, 1.5]], dtype=np.float32)
 
@@ -45,8 +53,31 @@ def book_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api(book_model: Path) -> Iterator[ApiServer]:
-    server = launch_api(book_model, API_ACCESS_LOG="false")
+def loaded(fake_gcs: FakeGcs, book_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MODEL_DIR after the loader ran on gs://ml-models/seed/iris_svc.onnx, the one file."""
+    uri = f"gs://{BUCKET}/seed/iris_svc.onnx"
+    with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": fake_gcs.url}):
+        storage.Client().bucket(BUCKET).blob("seed/iris_svc.onnx").upload_from_filename(
+            str(book_model / "model.onnx")
+        )
+    model_dir = tmp_path_factory.mktemp("seed-volume")
+    env = {"STORAGE_EMULATOR_HOST": fake_gcs.url, "MODEL_URI": uri, "MODEL_DIR": str(model_dir)}
+    result = run_loader(env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((model_dir / "current" / "manifest.json").read_text())
+    assert (manifest["model_name"], manifest["model_version"]) == ("iris_svc", "1")
+    assert [(o["name"], o["uri"]) for o in manifest["objects"]] == [("model.onnx", uri)]
+    again = run_loader(env)  # nothing changed in the bucket: nothing to do
+    assert again.returncode == 0 and "up to date" in again.stderr
+    # The seed kept label.json beside the app, not in the bucket; the version holds it here.
+    (model_dir / "current" / "label.json").write_text((book_model / "label.json").read_text())
+    (model_dir / "current" / "sample.json").write_text((book_model / "sample.json").read_text())
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def api(loaded: Path) -> Iterator[ApiServer]:
+    server = launch_api(loaded, API_ACCESS_LOG="false")
     yield server
     stop_api(server)
 
