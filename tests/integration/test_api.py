@@ -111,6 +111,19 @@ def test_v2_infer_with_the_clients_defaults(client: triton.InferenceServerClient
     assert result.as_numpy("label").tolist() == [0, 2]
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_v2_infer_with_a_compressed_request(
+    client: triton.InferenceServerClient, algorithm: str
+) -> None:
+    """tritonclient's request_compression_algorithm: the binary body, compressed whole."""
+    tensor = triton.InferInput("input", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.array([SETOSA, VIRGINICA], dtype=np.float32))
+    plain = client.infer("iris_svc", [tensor]).as_numpy("probabilities")
+    result = client.infer("iris_svc", [tensor], request_compression_algorithm=algorithm)
+    assert result.as_numpy("label").tolist() == [0, 2]
+    assert np.array_equal(result.as_numpy("probabilities"), plain)
+
+
 def test_v2_output_selection_and_plain_json(api: ApiServer) -> None:
     body = {
         "id": "abc",

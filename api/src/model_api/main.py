@@ -50,6 +50,9 @@ class AppState:
     drain: Drain
     dataplane: DataPlane
     peers: Peers
+    # The front door's limit on request bodies (MAX_BODY_BYTES), which also bounds a
+    # compressed body once decompressed.
+    max_body_bytes: int = BODY_BYTES
     load_error: ModelError | None = None
 
     def ready(self) -> bool:
@@ -106,7 +109,7 @@ def create_app(
 
     def serve(loaded: OnnxModel) -> None:
         if settings.max_body_bytes is None:
-            front.max_body_bytes = body_limit(loaded.signature)
+            front.max_body_bytes = app.state.max_body_bytes = body_limit(loaded.signature)
             if front.max_body_bytes > BODY_BYTES:
                 log.info(
                     "request bodies up to %d bytes: one row of the model's inputs in JSON "
@@ -168,14 +171,19 @@ def create_app(
         lifespan=lifespan,
     )
     app.state = AppState(
-        settings=settings, metrics=app_metrics, drain=drain, dataplane=dataplane, peers=peers
+        settings=settings,
+        metrics=app_metrics,
+        drain=drain,
+        dataplane=dataplane,
+        peers=peers,
+        max_body_bytes=settings.max_body_bytes or BODY_BYTES,
     )
     install_error_handlers(app)
     app.front = front = RequestMiddleware(
         app.behind_front,
         state=app.state,
         metrics=app_metrics,
-        max_body_bytes=settings.max_body_bytes or BODY_BYTES,
+        max_body_bytes=app.state.max_body_bytes,
         hot_routes=hot_routes,
         access_log=access_log,
     )

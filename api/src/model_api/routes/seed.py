@@ -22,7 +22,7 @@ from fastapi.responses import Response
 
 from model_api.batching import Arrays
 from model_api.errors import InvalidInputError, NotFoundError
-from model_api.media import json_body, no_content_encoding
+from model_api.media import decoded, json_body
 from model_api.middleware import Call, HotRoute, HotRoutes, Pending, Reply, via_router
 from model_api.model import OnnxModel
 from model_api.parsing import parse_body
@@ -66,9 +66,10 @@ def _view(call: Call) -> tuple[OnnxModel, Tabular]:
 def _rows(call: Call, view: Tabular) -> np.ndarray:
     if call.content_type != "application/json":  # else nothing to check
         json_body(call.content_type)
+    body = call.body
     if call.content_encoding != "identity":
-        no_content_encoding(call.content_encoding)
-    data = parse_body(PredictRequest, call.body, EXAMPLE, InvalidInputError).data
+        body = decoded(body, call.content_encoding, call.state.max_body_bytes)
+    data = parse_body(PredictRequest, body, EXAMPLE, InvalidInputError).data
     limit = call.state.settings.max_batch_size
     if len(data) > limit:
         raise InvalidInputError(f"data: {len(data)} rows exceed MAX_BATCH_SIZE={limit}")

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from model_api.batching import Arrays
 from model_api.codec import BINARY
 from model_api.errors import UnsupportedMediaError
-from model_api.media import media_type, no_content_encoding
+from model_api.media import decoded, media_type
 from model_api.middleware import Call, HotRoute, HotRoutes, Pending, Reply, via_router
 from model_api.model import OnnxModel
 from model_api.schemas import (
@@ -83,8 +83,9 @@ def infer_version(call: Call) -> Pending:
 
 
 def _infer(call: Call, model: OnnxModel) -> Pending:
+    body = call.body
     if call.content_encoding != "identity":
-        no_content_encoding(call.content_encoding)
+        body = decoded(body, call.content_encoding, call.state.max_body_bytes)
     kind = media_type(call.content_type)
     if kind not in _MEDIA_TYPES and not kind.endswith("+json"):
         raise UnsupportedMediaError(
@@ -92,7 +93,7 @@ def _infer(call: Call, model: OnnxModel) -> Pending:
             f"Inference-Header-Content-Length), got {kind!r}"
         )
     inference = call.state.dataplane.infer_v2(
-        model, call.body, call.inference_header_length, call.request_id
+        model, body, call.inference_header_length, call.request_id
     )
 
     def reply(arrays: Arrays) -> Reply:
