@@ -61,8 +61,8 @@ bench-models: venv ## build mlp_bench (~36 MB) and large_mlp (256 MiB) into buil
 	uv run --frozen python -m model_tools.zoo --out $(BENCH_MODELS_DIR) mlp_bench large_mlp
 
 # make publish SRC=models/iris_svc/v2 URI=gs://ml-models/iris_svc/v2/ [SIGN_KEY=keys/model-signing.key]
-publish: venv ## upload a version directory to the running stack's bucket (signed with SIGN_KEY)
-	@test -n "$(SRC)" -a -n "$(URI)" || { echo "usage: make publish SRC=dir URI=gs://bucket/name/version/ [SIGN_KEY=keys/model-signing.key]"; exit 2; }
+publish: venv ## upload a version directory (or one .onnx file) to the running stack's bucket (signed with SIGN_KEY)
+	@test -n "$(SRC)" -a -n "$(URI)" || { echo "usage: make publish SRC=dir|file.onnx URI=gs://bucket/name/version/ [SIGN_KEY=keys/model-signing.key]"; exit 2; }
 	STORAGE_EMULATOR_HOST=http://127.0.0.1:$(FAKE_GCS_HOST_PORT) uv run --frozen python -m model_tools.publish $(SRC) $(URI) $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
 
 # The signing key pair: keys/ is git-ignored and never copied into an image.

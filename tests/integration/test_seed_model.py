@@ -26,7 +26,7 @@ from skl2onnx.common.data_types import FloatTensorType
 
 from model_load_harness.api import ApiServer, launch_api, stop_api
 from model_load_harness.fakegcs import FakeGcs
-from model_tools import train
+from model_tools import publish, train
 from tests.conftest import SETOSA, VIRGINICA
 from tests.integration.conftest import BUCKET, run_loader
 
@@ -128,3 +128,15 @@ def test_v2_serves_the_zipmap_as_rows_of_probabilities(
     assert probabilities.dtype == np.float32 and probabilities.shape == (3, 3)
     np.testing.assert_allclose(probabilities, book_answers, rtol=1e-5, atol=1e-6)
     assert result.as_numpy("output_label").tolist() == np.argmax(book_answers, axis=1).tolist()
+
+
+def test_make_publish_takes_the_one_file_as_a_version(fake_gcs: FakeGcs, book_model: Path) -> None:
+    """`make publish SRC=iris_svc.onnx`: a version holding it alone, as model.onnx."""
+    lone = book_model.parent / "iris_svc.onnx"
+    lone.write_bytes((book_model / "model.onnx").read_bytes())
+    with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": fake_gcs.url}):
+        client = storage.Client()
+        uri = f"gs://{BUCKET}/seed-published/v1/"
+        assert publish.publish_path(lone, uri, client) == [f"{uri}model.onnx"]
+        blob = client.bucket(BUCKET).blob("seed-published/v1/model.onnx")
+        assert blob.download_as_bytes() == lone.read_bytes()

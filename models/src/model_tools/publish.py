@@ -3,6 +3,9 @@
     uv run python -m model_tools.publish models/iris_svc/v2 gs://ml-models/iris_svc/v2/
     uv run python -m model_tools.publish models/iris_svc/v2 gs://ml-models/iris_svc/v2/ \
         --sign-key keys/model-signing.key
+    uv run python -m model_tools.publish iris_svc.onnx gs://ml-models/iris_svc/v3/
+
+One .onnx file is published as a version holding it alone, as model.onnx.
 
 With --sign-key (an ECDSA private key, PEM: `make keys` makes one), the version is
 signed with OpenSSF model-signing (`model_signing sign key`, files/sha256) and the
@@ -21,6 +24,7 @@ mid-upload finds no model and fails loudly instead of loading a partial version.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -84,9 +88,23 @@ def publish(src: Path, uri: str, client: storage.Client, sign_key: Path | None =
     return published
 
 
+def publish_path(
+    src: Path, uri: str, client: storage.Client, sign_key: Path | None = None
+) -> list[str]:
+    """publish() a version directory, or one ONNX file as a version of only model.onnx
+    (the seed kept iris_svc.onnx alone), copied aside under that name."""
+    if not (src.is_file() and src.suffix.lower() == ".onnx"):
+        return publish(src, uri, client, sign_key)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(src, Path(tmp) / LAST)
+        return publish(Path(tmp), uri, client, sign_key)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("src", type=Path, help="a version directory, e.g. models/iris_svc/v2")
+    parser.add_argument(
+        "src", type=Path, help="a version directory (models/iris_svc/v2), or one .onnx file"
+    )
     parser.add_argument("uri", help="destination prefix, e.g. gs://ml-models/iris_svc/v2/")
     parser.add_argument(
         "--sign-key",
@@ -96,7 +114,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     try:
-        for uri in publish(args.src, args.uri, storage.Client(), args.sign_key):
+        for uri in publish_path(args.src, args.uri, storage.Client(), args.sign_key):
             print(f"published {uri}")
     except (ValueError, OSError, PreconditionFailed) as exc:
         print(f"publish: {exc}", file=sys.stderr)
