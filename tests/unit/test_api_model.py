@@ -286,7 +286,9 @@ def test_a_missing_provider_is_a_warning_not_a_failure(
 # -- what the protocol can and cannot carry ----------------------------------------------
 
 
-@pytest.mark.parametrize("classes", [[0, 1, 2], ["setosa", "versicolor", "virginica"]])
+@pytest.mark.parametrize(
+    "classes", [[0, 1, 2], [10, 20, 30], ["setosa", "versicolor", "virginica"]]
+)
 def test_a_zipmap_output_is_served_as_rows_of_probabilities(
     tmp_path: Path, classes: list[Any]
 ) -> None:
@@ -309,8 +311,9 @@ def test_a_zipmap_output_is_served_as_rows_of_probabilities(
     spec = model.signature.output("output_probability")
     assert spec is not None and (spec.datatype.name, spec.shape) == ("FP32", (-1, 3))
     assert model.batches and not model.signature.hidden_outputs
-    # Class names (a classifier trained on strings) are its labels: /predict/label works.
-    assert model.labels == (classes if isinstance(classes[0], str) else None)
+    # Classes that say more than the column (names, ids other than 0, 1, ...) are its
+    # labels: /predict/label and classification name them.
+    assert model.labels == (None if classes == [0, 1, 2] else [str(c) for c in classes])
     rows = x[[0, 100, 60]].astype(np.float32)
     label, probabilities = model.run({"X": rows}, ["output_label", "output_probability"])
     maps = model.session.run(["output_probability"], {"X": rows})[0]

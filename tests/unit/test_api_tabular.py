@@ -65,7 +65,7 @@ def test_a_regressor_answers_its_first_float_output(tmp_path: Path) -> None:
         ([oh.make_tensor_value_info("x", F, ["N", "F"])], "not rows of a fixed number"),
         (
             [oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["N", 8])],
-            "not rows of a fixed number",
+            "not rows of a fixed number of floats",
         ),
     ],
 )

@@ -233,9 +233,9 @@ class OnnxModel:
         )
 
     def _learn_classes(self, inputs: dict[str, np.ndarray]) -> None:
-        """The number of classes of each ZipMap output, from one run; and their names as
-        the model's labels if it has none and names them (a classifier trained on
-        strings)."""
+        """The number of classes of each ZipMap output, from one run; and their keys as
+        the model's labels if it has none and they say more than the column's index (a
+        classifier trained on strings, or on ids other than 0, 1, ...)."""
         zipmaps = self.signature.zipmaps
         maps = self.session.run(list(zipmaps), inputs)
         keys = {
@@ -243,9 +243,9 @@ class OnnxModel:
         }
         self.signature = self.signature.with_classes({n: len(k) for n, k in keys.items()})
         names = [k for ks in keys.values() for k in ks]
-        if self.labels is None and len(keys) == 1 and names and all(type(k) is str for k in names):
-            self.labels = names
-            log.info("labels: the class names of %r", zipmaps[0])
+        if self.labels is None and len(keys) == 1 and names != list(range(len(names))):
+            self.labels = [str(k) for k in names]
+            log.info("labels: the classes of %r", zipmaps[0])
 
     def _timed(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> float:
         started = time.perf_counter()

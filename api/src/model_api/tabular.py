@@ -38,7 +38,7 @@ def tabular(model: OnnxModel) -> Tabular | str:
         return f"it takes {len(inputs)} inputs ({', '.join(t.describe() for t in inputs)})"
     (spec,) = inputs
     if spec.datatype.kind != "f" or len(spec.shape) != 2 or spec.shape[1] < 1:
-        return f"its input is {spec.describe()}, not rows of a fixed number of numbers"
+        return f"its input is {spec.describe()}, not rows of a fixed number of floats"
     floats = [
         o for o in model.signature.outputs if o.datatype.kind == "f" and len(o.shape) in (1, 2)
     ]
