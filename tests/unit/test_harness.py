@@ -10,9 +10,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from model_load_harness.api import launch_api
 from model_load_harness.machine import describe_machine
 from model_load_harness.ports import free_port
 from model_load_harness.waiting import (
@@ -90,3 +92,12 @@ def test_the_machine_line_names_cores_python_extras_and_load() -> None:
     assert " CPUs, " in line and "; Python 3." in line and "; wrk 4.2.0; " in line
     assert line.split("; ")[-1].startswith("load average ")
     assert "load average" not in describe_machine(load=False)
+
+
+def test_an_api_that_cannot_start_fails_with_its_own_words(tmp_path: Path) -> None:
+    """launch_api on a broken model: the error carries the API's last lines (the reason),
+    not only its exit code."""
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ProcessExited, match=r"exited with 3 .*it said: .*model\.onnx"):
+        launch_api(tmp_path / "m" / "1", MODEL_WAIT_SECONDS="0")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from model_load_harness.ports import free_port
 from model_load_harness.processes import stop_process
-from model_load_harness.waiting import wait_http
+from model_load_harness.waiting import ProcessExited, wait_http
 
 
 @dataclass
@@ -52,6 +52,10 @@ def launch_api(
     server = ApiServer(f"http://127.0.0.1:{port}", process)
     try:
         wait_http(f"{server.url}{wait_path}", timeout, process)
+    except ProcessExited as exc:  # the API's own last words say why it could not start
+        output = stop_api(server).strip().splitlines()
+        errors = [line for line in output if " ERROR " in line or " CRITICAL " in line]
+        raise ProcessExited(f"{exc}; it said: {' | '.join(errors or output[-5:])}") from None
     except BaseException:
         stop_api(server)
         raise
