@@ -233,6 +233,7 @@ def test_name_and_version_come_from_the_uri_unless_set(tmp_path: Path) -> None:
     [
         ("iris_svc.onnx", ("iris_svc", "1")),  # the seed's one file, at the bucket's top
         ("pattern/iris_svc.onnx", ("iris_svc", "1")),
+        ("my models/iris svc.onnx", ("iris svc", "1")),  # quoted in the URI
         ("fraud/v3/model.onnx", ("fraud", "v3")),  # model.onnx: its folders name it
     ],
 )

@@ -47,7 +47,7 @@ from model_loader.errors import (
 from model_loader.onnx_refs import NotOnnx, external_files
 from model_loader.progress import Progress
 from model_loader.signature import SIGNATURE_FILE, VerifyKey, verify
-from model_loader.sources.base import RemoteObject, Source
+from model_loader.sources.base import MODEL_FILE, RemoteObject, Source
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ MANIFEST_FORMAT = 1
 FREE_SPACE_MARGIN_BYTES = 1 << 20
 _CHUNK = 1 << 20
 # The file MODEL_SHA256 pins, when the version has it (else its only object).
-PINNED_FILE = "model.onnx"
+PINNED_FILE = MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -276,8 +276,8 @@ def _identity(settings: LoaderSettings, uri: str, objects: list[RemoteObject]) -
     names the model itself, version 1 (gs://bucket/iris_svc.onnx: iris_svc 1)."""
     parts = urlsplit(uri)
     segments = [s for s in (parts.netloc + "/" + parts.path).split("/") if s]
-    if len(objects) == 1 and segments and segments[-1] == _file_name(objects[0].uri):
-        file = segments.pop()  # the URI named a single object
+    if len(objects) == 1 and segments and unquote(segments[-1]) == _file_name(objects[0].uri):
+        file = unquote(segments.pop())  # the URI named a single object
         stem, dot, suffix = file.rpartition(".")
         if dot and suffix.lower() == "onnx" and file != PINNED_FILE and stem:
             return settings.model_name or stem, settings.model_version or "1"
