@@ -3,8 +3,9 @@ and API. The seed's iris_svc.onnx was a classifier exported with scikit-learn's 
 its probabilities are a ZipMap (per row, a map of class -> probability), which the
 seed's code read as `list(session.run(None, feeds)[1][0].values())`; and the bucket held
 that one file, `iris_svc.onnx`. MODEL_URI naming it publishes it as the version's
-model.onnx (model iris_svc, version 1), and the API serves it on the seed's routes with
-the seed's very numbers, and over V2 as FP32 [rows, classes].
+model.onnx (model iris_svc, version 1); the labels come from LABEL_FILEPATH, as the seed's
+did; and the API serves it on the seed's routes with the seed's very numbers, and over
+V2 as FP32 [rows, classes].
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ ROWS = np.array([SETOSA, VIRGINICA, [6.0, 2.9, 4.5, 1.5]], dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def book_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """iris_svc/v1 as the seed published it: the default export (ZipMap on), label.json
-    and sample.json beside it."""
+    """iris_svc as the seed made it: the default export (ZipMap on), and its label.json."""
     pipeline, _, labels = train.train()
     with train.svc_probability_deprecation_ignored():
         exported = convert_sklearn(
@@ -48,7 +48,6 @@ def book_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.mkdir(parents=True)
     (path / "model.onnx").write_bytes(exported.SerializeToString())
     (path / "label.json").write_text(json.dumps(labels))
-    (path / "sample.json").write_text(json.dumps({"data": [SETOSA]}))
     return path
 
 
@@ -69,15 +68,16 @@ def loaded(fake_gcs: FakeGcs, book_model: Path, tmp_path_factory: pytest.TempPat
     assert [(o["name"], o["uri"]) for o in manifest["objects"]] == [("model.onnx", uri)]
     again = run_loader(env)  # nothing changed in the bucket: nothing to do
     assert again.returncode == 0 and "up to date" in again.stderr
-    # The seed kept label.json beside the app, not in the bucket; the version holds it here.
-    (model_dir / "current" / "label.json").write_text((book_model / "label.json").read_text())
-    (model_dir / "current" / "sample.json").write_text((book_model / "sample.json").read_text())
     return model_dir
 
 
 @pytest.fixture(scope="module")
-def api(loaded: Path) -> Iterator[ApiServer]:
-    server = launch_api(loaded, API_ACCESS_LOG="false")
+def api(loaded: Path, book_model: Path) -> Iterator[ApiServer]:
+    """The seed kept label.json beside its app (/workdir/config/label.json, in the image),
+    not in the bucket, and named it with LABEL_FILEPATH."""
+    server = launch_api(
+        loaded, API_ACCESS_LOG="false", LABEL_FILEPATH=str(book_model / "label.json")
+    )
     yield server
     stop_api(server)
 
@@ -103,8 +103,11 @@ def test_predict_answers_the_seeds_probabilities(
         httpx.post(f"{api.url}/predict/label", json={"data": [r]}).json() for r in ROWS[:2].tolist()
     ]
     assert labels == [{"prediction": "setosa"}, {"prediction": "virginica"}]
-    test = httpx.get(f"{api.url}/predict/test").json()["prediction"]
-    np.testing.assert_allclose(test, book_answers[0], rtol=1e-6, atol=1e-7)
+    assert httpx.get(f"{api.url}/label").json() == {
+        "0": "setosa",
+        "1": "versicolor",
+        "2": "virginica",
+    }
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])

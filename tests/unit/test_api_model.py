@@ -17,8 +17,10 @@ import onnx.helper as oh
 import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
+from pydantic import ValidationError
 
 from model_api.batching import Batcher
+from model_api.config import ApiSettings
 from model_api.dataplane import prepare
 from model_api.errors import ModelInvalidError, ModelMissingError
 from model_api.model import (
@@ -486,3 +488,19 @@ def test_models_of_independent_rows_still_stack(tmp_path: Path) -> None:
     relu = OnnxModel.load(mixing_rows(tmp_path, "relu", relu_node, ["N", 3]))
     prepare(relu)
     assert iris.batches and relu.batches
+
+
+def test_label_filepath_labels_a_version_that_carries_none(tmp_path: Path) -> None:
+    """The seed's LABEL_FILEPATH (a label.json outside the volume): used when the version
+    has no labels of its own, never over them; a path to nothing is a settings error."""
+    shutil.copytree(MODEL_V1, tmp_path / "v1")
+    (tmp_path / "v1" / "label.json").unlink()
+    outside = tmp_path / "config" / "label.json"
+    outside.parent.mkdir()
+    outside.write_text('{"0": "a", "1": "b", "2": "c"}')
+    assert OnnxModel.load(tmp_path / "v1").labels is None
+    assert OnnxModel.load(tmp_path / "v1", label_file=outside).labels == ["a", "b", "c"]
+    own = OnnxModel.load(MODEL_V1, label_file=outside).labels
+    assert own == ["setosa", "versicolor", "virginica"]
+    with pytest.raises(ValidationError, match="no such file"):
+        ApiSettings(LABEL_FILEPATH=str(tmp_path / "absent.json"))  # type: ignore[call-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -22,6 +23,11 @@ class ApiSettings(BaseSettings):
     # the same two names, and records them in its manifest.
     model_name: str | None = Field(default=None, min_length=1, validation_alias="MODEL_NAME")
     model_version: str | None = Field(default=None, min_length=1, validation_alias="MODEL_VERSION")
+
+    # The labels of a version that carries none (no model-config.json labels, no
+    # label.json): a label.json outside the model volume, as the seed kept it
+    # (/workdir/config/label.json, baked into its image). Must exist when set.
+    label_file: str | None = Field(default=None, min_length=1, validation_alias="LABEL_FILEPATH")
 
     host: str = Field(default="0.0.0.0", validation_alias="API_HOST")
     port: int = Field(default=8000, ge=1, le=65535, validation_alias="API_PORT")
@@ -91,6 +97,13 @@ class ApiSettings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("", "auto", "0"):
             return None
         return None if value == 0 else value
+
+    @field_validator("label_file")
+    @classmethod
+    def _existing(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
 
     @field_validator("max_body_bytes", mode="before")
     @classmethod

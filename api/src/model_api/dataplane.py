@@ -64,7 +64,11 @@ def load_model(settings: ApiSettings, threads: int) -> OnnxModel:
     while True:
         try:
             model = OnnxModel.load(
-                settings.model_dir, threads, settings.model_name, settings.model_version
+                settings.model_dir,
+                threads,
+                settings.model_name,
+                settings.model_version,
+                settings.label_file,
             )
             break
         except ModelMissingError as exc:

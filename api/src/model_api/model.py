@@ -148,9 +148,11 @@ class OnnxModel:
         threads: int = 1,
         name: str | None = None,
         version: str | None = None,
+        label_file: str | Path | None = None,
     ) -> OnnxModel:
         """Open the model in `model_dir` with `threads` intra-op threads (unless its
-        config sets them); `name`/`version` if neither manifest nor layout says."""
+        config sets them); `name`/`version` if neither manifest nor layout says;
+        `label_file`'s labels if the version carries none (LABEL_FILEPATH)."""
         started = time.monotonic()
         path = resolve_model_dir(model_dir)
         model_file = path / MODEL_FILE
@@ -171,7 +173,11 @@ class OnnxModel:
             sha256=sha256,
             config=config,
             manifest=manifest,
-            labels=config.labels or _labels(path / LABEL_FILE),
+            labels=(
+                config.labels
+                or _labels(path / LABEL_FILE)
+                or (_labels(Path(label_file)) if label_file else None)
+            ),
             sample=_sample(path / SAMPLE_FILE),
             threads=threads,
         )
