@@ -50,8 +50,8 @@ class AppState:
     drain: Drain
     dataplane: DataPlane
     peers: Peers
-    # The front door's limit on request bodies (MAX_BODY_BYTES), which also bounds a
-    # compressed body once decompressed.
+    # The limit on request bodies (MAX_BODY_BYTES): the front door's, before a body is
+    # read, and a compressed body's once decompressed.
     max_body_bytes: int = BODY_BYTES
     load_error: ModelError | None = None
 
@@ -109,12 +109,12 @@ def create_app(
 
     def serve(loaded: OnnxModel) -> None:
         if settings.max_body_bytes is None:
-            front.max_body_bytes = app.state.max_body_bytes = body_limit(loaded.signature)
-            if front.max_body_bytes > BODY_BYTES:
+            app.state.max_body_bytes = body_limit(loaded.signature)
+            if app.state.max_body_bytes > BODY_BYTES:
                 log.info(
                     "request bodies up to %d bytes: one row of the model's inputs in JSON "
                     "(MAX_BODY_BYTES=auto)",
-                    front.max_body_bytes,
+                    app.state.max_body_bytes,
                 )
         dataplane.serve(loaded)
         hot_routes.update(v2.hot_routes(loaded.name, loaded.version))
@@ -179,11 +179,10 @@ def create_app(
         max_body_bytes=settings.max_body_bytes or BODY_BYTES,
     )
     install_error_handlers(app)
-    app.front = front = RequestMiddleware(
+    app.front = RequestMiddleware(
         app.behind_front,
         state=app.state,
         metrics=app_metrics,
-        max_body_bytes=app.state.max_body_bytes,
         hot_routes=hot_routes,
         access_log=access_log,
     )

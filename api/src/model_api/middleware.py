@@ -156,7 +156,6 @@ class RequestMiddleware:
         app: ASGIApp,
         state: Any,
         metrics: Metrics,
-        max_body_bytes: int,
         hot_routes: HotRoutes,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -168,8 +167,12 @@ class RequestMiddleware:
         self._id_prefix = secrets.token_hex(8).encode()
         self._ids = itertools.count(1)
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
         self.hot_routes = hot_routes
+
+    @property
+    def max_body_bytes(self) -> int:
+        """MAX_BODY_BYTES as the app holds it (auto: set once the model is known)."""
+        return self.state.max_body_bytes  # type: ignore[no-any-return]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -84,7 +84,7 @@ class HttpSource:
         )
         return [
             RemoteObject(
-                name=self.name if self.archive else lone_file_name(self.name),
+                name=lone_file_name(self.name),  # an archive's keeps its name
                 uri=self.uri,
                 size=size,
                 generation=generation,
