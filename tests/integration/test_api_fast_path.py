@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from model_api.guard import FAST_STATE, FastRoutes, Guard
+from model_api.guard import FAST_STATE, FastRoutes, Guard, Respond
 from model_api.server import GUARD
 from tests.integration.test_api_guard import (
     RecordingTransport,
@@ -26,36 +26,60 @@ CHUNKED = (
 
 
 class App:
-    """An ASGI app answering like the API's middleware (answering / answered), recording
-    which door each request came through; `hold` keeps answers back until set."""
+    """An ASGI app answering like the API's middleware (answering / answered): what
+    uvicorn's request cycle serves."""
 
-    def __init__(self, name: str, calls: list[str], hold: asyncio.Event | None = None) -> None:
-        self.name, self.calls, self.hold = name, calls, hold
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         body = (await receive())["body"]
-        self.calls.append(f"{self.name} {scope['method']} {scope['path']} {body.decode()}")
-        if self.hold is not None:
-            await self.hold.wait()
-        await answer_as_the_middleware(send, f"{self.name}:{body.decode()}".encode())
+        self.calls.append(f"uvicorn {scope['method']} {scope['path']} {body.decode()}")
+        await answer_as_the_middleware(send, f"uvicorn:{body.decode()}".encode())
+
+
+class Whole:
+    """The guard's side of the API's middleware (serve_whole): answers at once, or, while
+    `held`, keeps its answers back until `release()`."""
+
+    def __init__(self, calls: list[str], held: bool = False) -> None:
+        self.calls = calls
+        self.held = held
+        self.waiting: list[Any] = []
+
+    def serve_whole(self, scope: dict[str, Any], body: bytes, respond: Respond) -> None:
+        self.calls.append(f"fast {scope['method']} {scope['path']} {body.decode()}")
+        answer = f"fast:{body.decode()}".encode()
+        self.waiting.append(
+            lambda: respond(200, [(b"content-length", b"%d" % len(answer))], answer)
+        )
+        if not self.held:
+            self.release()
+
+    def release(self) -> None:
+        self.held = False
+        waiting, self.waiting = self.waiting, []
+        for answer in waiting:
+            answer()
 
 
 def connection(
-    hold: asyncio.Event | None = None,
-) -> tuple[Guard, RecordingTransport, list[str], uvicorn.server.ServerState]:
+    held: bool = False,
+) -> tuple[Guard, RecordingTransport, list[str], uvicorn.server.ServerState, Whole]:
     calls: list[str] = []
     config = uvicorn.Config(
-        App("uvicorn", calls), http=GUARD, log_config=None, lifespan="off", timeout_keep_alive=5
+        App(calls), http=GUARD, log_config=None, lifespan="off", timeout_keep_alive=5
     )
     config.load()
     state = uvicorn.server.ServerState()
-    fast = FastRoutes({("POST", "/hot"): None}, App("fast", calls, hold))
+    whole = Whole(calls, held)
+    fast = FastRoutes({("POST", "/hot"): None}, whole)
     guard = Guard(config=config, server_state=state, app_state={FAST_STATE: fast})
     transport = RecordingTransport()
     guard.connection_made(transport)
-    return guard, transport, calls, state
+    return guard, transport, calls, state, whole
 
 
 def bodies(transport: RecordingTransport) -> list[bytes]:
@@ -65,7 +89,7 @@ def bodies(transport: RecordingTransport) -> list[bytes]:
 
 def test_a_whole_hot_request_in_one_read_is_served_by_the_guard_in_one_write() -> None:
     async def scenario() -> None:
-        guard, transport, calls, _ = connection()
+        guard, transport, calls, _, _ = connection()
         for i in (1, 2):  # kept alive: the next one alike
             guard.data_received(HOT)
             await settle(guard, i)
@@ -106,7 +130,7 @@ def test_a_whole_hot_request_in_one_read_is_served_by_the_guard_in_one_write() -
 )
 def test_anything_unusual_goes_to_uvicorn(data: bytes) -> None:
     async def scenario() -> None:
-        guard, transport, calls, _ = connection()
+        guard, transport, calls, _, _ = connection()
         guard.data_received(data)
         await settle(guard, 1)
         assert len(calls) == 1 and calls[0].startswith("uvicorn "), calls
@@ -118,7 +142,7 @@ def test_anything_unusual_goes_to_uvicorn(data: bytes) -> None:
 
 def test_a_request_split_across_reads_and_pipelined_ones_go_to_uvicorn_in_order() -> None:
     async def scenario() -> None:
-        guard, transport, calls, _ = connection()
+        guard, transport, calls, _, _ = connection()
         guard.data_received(HOT[:10])
         guard.data_received(HOT[10:])
         await settle(guard, 1)
@@ -140,17 +164,20 @@ def test_a_request_split_across_reads_and_pipelined_ones_go_to_uvicorn_in_order(
 
 def test_what_comes_while_the_guard_answers_waits_for_the_answer() -> None:
     async def scenario() -> None:
-        hold = asyncio.Event()
-        guard, transport, calls, _ = connection(hold)
+        guard, transport, calls, _, whole = connection(held=True)
         guard.data_received(HOT)
-        await asyncio.sleep(0.01)
         guard.data_received(HOT.replace(b"hi", b"ho"))  # pipelined behind a held answer
         await asyncio.sleep(0.01)
         assert calls == ["fast POST /hot hi"] and transport.writes == []
-        hold.set()
-        await settle(guard, 2)
+        whole.release()
+        # Written at once; the request behind it comes in a later callback, and what
+        # arrives before that callback still queues behind it (both then go to uvicorn,
+        # as pipelined requests do).
+        assert bodies(transport) == [b"fast:hi"]
+        guard.data_received(HOT.replace(b"hi", b"hu"))
+        await settle(guard, 3)
         assert bodies(transport) == [
-            b"fast:hi", b"fast:ho",
+            b"fast:hi", b"uvicorn:ho", b"uvicorn:hu",
         ]  # fmt: skip
         guard.connection_lost(None)
 
@@ -162,16 +189,12 @@ def test_a_shutdown_during_the_answer_closes_after_it() -> None:
     closed once the answer is out, marked `connection: close`."""
 
     async def scenario() -> None:
-        hold = asyncio.Event()
-        guard, transport, _, state = connection(hold)
+        guard, transport, _, state, whole = connection(held=True)
         guard.data_received(HOT)
-        await asyncio.sleep(0.01)
         for protocol in list(state.connections):
             protocol.shutdown()  # what uvicorn.Server.shutdown does
         assert not transport.closed
-        hold.set()
-        await settle(guard, 1)
-        await asyncio.sleep(0)
+        whole.release()
         assert transport.closed and len(transport.writes) == 1
         assert b"connection: close\r\n" in transport.writes[0]
         assert transport.writes[0].endswith(b"fast:hi")
@@ -181,12 +204,10 @@ def test_a_shutdown_during_the_answer_closes_after_it() -> None:
 
 def test_a_half_closed_client_gets_its_answer_then_the_close() -> None:
     async def scenario() -> None:
-        hold = asyncio.Event()
-        guard, transport, _, _ = connection(hold)
+        guard, transport, _, _, whole = connection(held=True)
         guard.data_received(HOT)
         assert guard.eof_received() is True  # kept open: an answer is owed
-        hold.set()
-        await settle(guard, 1)
+        whole.release()
         assert transport.closed and transport.writes[0].endswith(b"fast:hi")
         assert b"connection: close" in transport.writes[0]
 
@@ -195,25 +216,22 @@ def test_a_half_closed_client_gets_its_answer_then_the_close() -> None:
 
 def test_a_client_gone_before_the_answer_gets_no_write() -> None:
     async def scenario() -> None:
-        hold = asyncio.Event()
-        guard, transport, _, _ = connection(hold)
+        guard, transport, _, _, whole = connection(held=True)
         guard.data_received(HOT)
-        await asyncio.sleep(0.01)
         transport.close()
         guard.connection_lost(ConnectionResetError())
-        hold.set()
-        await settle(guard, 1)
+        whole.release()
         assert transport.writes == []  # RecordingTransport fails a write after close
+        assert guard.answers == 1 and not guard.serving
 
     asyncio.run(scenario())
 
 
 def test_an_idle_connection_closes_after_the_keep_alive() -> None:
     async def scenario() -> None:
-        guard, transport, _, _ = connection()
+        guard, transport, _, _, _ = connection()
         guard.data_received(HOT)
         await settle(guard, 1)
-        await asyncio.sleep(0)
         now = guard.loop.time()
         guard.check_timeouts(now + 4)  # within uvicorn's timeout_keep_alive (5 s)
         assert not transport.closed
@@ -224,53 +242,60 @@ def test_an_idle_connection_closes_after_the_keep_alive() -> None:
     asyncio.run(scenario())
 
 
+class Broken:
+    def __init__(self, answer_first: bool) -> None:
+        self.answer_first = answer_first
+        self.calls = 0
+
+    def serve_whole(self, scope: dict[str, Any], body: bytes, respond: Respond) -> None:
+        self.calls += 1
+        if self.answer_first:
+            respond(200, [(b"content-length", b"2")], b"ok")
+        raise RuntimeError("boom")
+
+
 def test_an_app_that_fails_without_answering_closes_the_connection() -> None:
     async def scenario() -> None:
-        calls: list[str] = []
-        guard, transport, _, _ = connection()
-
-        async def broken(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            calls.append("broken")
-            raise RuntimeError("boom")
-
+        guard, transport, _, _, _ = connection()
+        broken = Broken(answer_first=False)
         assert guard.fast is not None
         guard.fast = FastRoutes(guard.fast.routes, broken)
         guard.data_received(HOT)
-        for _ in range(100):
-            if transport.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert calls == ["broken"] and transport.closed and transport.writes == []
+        assert broken.calls == 1 and transport.closed and transport.writes == []
+        assert not guard.serving
 
     asyncio.run(scenario())
 
 
-def test_a_second_receive_waits_for_the_answer_then_says_disconnect() -> None:
-    """As uvicorn's receive: after the body, nothing until the answer is out."""
-
+def test_an_app_that_fails_after_its_answer_keeps_the_connection() -> None:
     async def scenario() -> None:
-        guard, transport, _, _ = connection()
-        seen: list[str] = []
+        guard, transport, _, _, _ = connection()
+        broken = Broken(answer_first=True)
+        assert guard.fast is not None
+        guard.fast = FastRoutes(guard.fast.routes, broken)
+        guard.data_received(HOT)
+        guard.data_received(HOT)
+        assert broken.calls == 2 and not transport.closed
+        assert bodies(transport) == [b"ok", b"ok"]
 
-        async def listening(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            await receive()
-            waiter = asyncio.ensure_future(receive())
-            await asyncio.sleep(0.01)
-            seen.append(f"before the answer: {'done' if waiter.done() else 'waiting'}")
-            await answer_as_the_middleware(send, b"ok")
-            seen.append(f"after it: {(await waiter)['type']}")
-            seen.append(f"and again: {(await receive())['type']}")
+    asyncio.run(scenario())
+
+
+def test_an_answer_is_given_once() -> None:
+    async def scenario() -> None:
+        guard, transport, _, _, _ = connection()
+        given: list[Respond] = []
+
+        class Keeping:
+            def serve_whole(self, scope: dict[str, Any], body: bytes, respond: Respond) -> None:
+                given.append(respond)
+                respond(200, [(b"content-length", b"2")], b"ok")
 
         assert guard.fast is not None
-        guard.fast = FastRoutes(guard.fast.routes, listening)
+        guard.fast = FastRoutes(guard.fast.routes, Keeping())
         guard.data_received(HOT)
-        await settle(guard, 1)
-        await asyncio.sleep(0.01)
-        assert seen == [
-            "before the answer: waiting",
-            "after it: http.disconnect",
-            "and again: http.disconnect",
-        ]
-        assert transport.writes[0].endswith(b"ok")
+        with pytest.raises(RuntimeError, match="answered already"):
+            given[0](200, [(b"content-length", b"2")], b"ok")
+        assert bodies(transport) == [b"ok"] and guard.answers == 1
 
     asyncio.run(scenario())

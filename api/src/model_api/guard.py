@@ -24,10 +24,11 @@ own (`uvicorn.Config(http="model_api.guard:Guard")`); it creates uvicorn's proto
   server CPU per /predict).
 - The hot operations (`FastRoutes`: POST /predict, V2 infer...) skip uvicorn's request
   cycle when a read brings exactly one whole, plain request of theirs to a connection
-  that owes no answer: the guard has parsed it already, so it hands the app the ASGI
-  scope, body and `send` itself, and writes the answer (see `Guard._serve`). Anything
-  else (a request split across reads, pipelined requests, HTTP/1.0, `Expect`, chunked
-  bodies, upgrades, forwarded headers, a query string) goes to uvicorn as before.
+  that owes no answer: the guard has parsed it already, so it hands the app its scope
+  and body (`WholeRequestApp.serve_whole`: a plain call, no task, no ASGI messages), and
+  writes the answer the app gives back, now or from a callback (see `Guard._serve`).
+  Anything else (a request split across reads, pipelined requests, HTTP/1.0, `Expect`,
+  chunked bodies, upgrades, forwarded headers, a query string) goes to uvicorn as before.
 
 The app learns its connection's guard through `current_guard` (a context variable set
 while uvicorn handles the bytes, so uvicorn's request task inherits it) and reports
@@ -45,12 +46,12 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 import orjson
@@ -81,7 +82,14 @@ _SLOW_HEADERS = frozenset(
     {b"expect", b"transfer-encoding", b"upgrade", b"x-forwarded-for", b"x-forwarded-proto",
      b"forwarded", b"connection"}
 )  # fmt: skip
-ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+# How a fast route answers: status, headers (name, value), body; called once.
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], None]
+
+
+class WholeRequestApp(Protocol):
+    def serve_whole(self, scope: dict[str, Any], body: bytes, respond: Respond) -> None:
+        """Serve a request that came whole (`scope` as ASGI's http scope): call
+        `respond` exactly once, now or later from a callback on the loop."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class FastRoutes:
     request cycle (the mapping may grow: the V2 paths join once the model is known)."""
 
     routes: Mapping[tuple[str, str], Any]
-    app: ASGIApp
+    app: WholeRequestApp
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,8 @@ class Guard(asyncio.Protocol):
         self.fast: FastRoutes | None = app_state.get(FAST_STATE)
         self.keep_alive = float(config.timeout_keep_alive)
         # uvicorn's limit_concurrency counts the connections and the request tasks in
-        # its server state: ours count as its own, and over the limit uvicorn answers.
+        # its server state; a request we serve is one per connection, counted with it.
+        # Over the limit uvicorn answers (503), as it does.
         self.server_state = server_state
         self.limit = config.limit_concurrency
         self.collecting = False
@@ -301,6 +310,11 @@ class Guard(asyncio.Protocol):
         self.busy += 1
         if self.outer is not None:
             self.outer.hold_next = True
+        return self.last_answer()
+
+    def last_answer(self) -> bool:
+        """Whether the answer being made is the connection's last: the client
+        half-closed, and no other request of it waits for an answer."""
         return self.eof and self.complete - self.answers <= 1
 
     def answered(self) -> None:
@@ -324,8 +338,8 @@ class Guard(asyncio.Protocol):
         return limit is None or (len(state.connections) < limit and len(state.tasks) < limit)
 
     def _serve(self, request: _Request) -> None:
-        """Serve one whole hot request ourselves: the app gets its scope, body and a
-        `send` that writes the answer in one piece."""
+        """Serve one whole hot request ourselves: no task, no ASGI messages; the app
+        answers through `_Answer.respond`, in one write."""
         assert self.fast is not None and self.transport is not None and self.outer is not None
         self.serving = True
         self.outer.deferring = True  # uvicorn closing the connection waits for our answer
@@ -347,50 +361,43 @@ class Guard(asyncio.Protocol):
             "query_string": b"",
             "headers": request.headers,
         }
-        body = b"".join(request.body)
+        self.answering()
         answer = _Answer(self)
-        received = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal received
-            if not received:
-                received = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            if not answer.complete:  # as uvicorn: nothing more until the answer is out
-                answer.sent = answer.sent or asyncio.Event()
-                await answer.sent.wait()
-            return {"type": "http.disconnect"}
-
-        token = current_guard.set(self)
         try:
-            task = self.loop.create_task(self.fast.app(scope, receive, answer.send))
-        finally:
-            current_guard.reset(token)
-        tasks = self.server_state.tasks  # uvicorn's shutdown waits for these too
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        task.add_done_callback(functools.partial(self._served, answer))
+            self.fast.app.serve_whole(scope, b"".join(request.body), answer.respond)
+        except Exception:
+            log.exception("%s: unexpected error serving a request", self.peer)
+            if not answer.done:
+                answer.done = True
+                self._served(close=True)  # no answer can come: the client must not wait
 
-    def _served(self, answer: _Answer, task: asyncio.Task[None]) -> None:
-        self.serving = False
+    def _served(self, close: bool) -> None:
+        """Our answer is out (or never will be, and `close`): what waited behind it
+        comes next, in order."""
+        self.answered()
         outer, transport = self.outer, self.transport
         assert outer is not None and transport is not None
-        outer.deferring = False
-        failed = task.cancelled() or task.exception() is not None
-        if failed or not answer.complete:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("%s: unexpected error serving a request", self.peer,
-                          exc_info=task.exception())  # fmt: skip
-            transport.close()  # no whole answer went out: the client must not wait
-        elif outer.close_pending or answer.close:
+        if close or outer.close_pending:
             transport.close()
         if transport.is_closing():
+            self.serving = outer.deferring = False
             self.backlog.clear()
-            return
-        self.idle_since = self.loop.time()
-        if self.backlog:
-            data = b"".join(self.backlog)
-            self.backlog.clear()
+        elif self.backlog:  # pipelined: in a later callback, still in order (still serving)
+            self.loop.call_soon(self._resume)
+        else:
+            self.serving = outer.deferring = False
+            self.idle_since = self.loop.time()
+
+    def _resume(self) -> None:
+        outer, transport = self.outer, self.transport
+        assert outer is not None and transport is not None
+        self.serving = outer.deferring = False
+        if outer.close_pending:
+            transport.close()
+        data = b"".join(self.backlog)
+        self.backlog.clear()
+        if not transport.is_closing():
+            self.idle_since = self.loop.time()
             self.data_received(data)
 
     # -- refusals --------------------------------------------------------------------------
@@ -509,49 +516,36 @@ class _Request:
 
 
 class _Answer:
-    """The ASGI `send` of a request the guard serves: the answer leaves in one write
-    once its body is complete, as uvicorn would write it (status line, the app's
-    headers, a date; `connection: close` when the connection is closing)."""
+    """How the app answers a request the guard serves: in one write, as uvicorn would
+    write it (status line, the app's headers, a date; `connection: close` when the
+    connection closes after it)."""
 
-    __slots__ = ("close", "complete", "guard", "head", "parts", "sent")
+    __slots__ = ("done", "guard")
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
-        self.head: bytes | None = None
-        self.parts: list[bytes] = []
-        self.complete = False
-        self.close = False
-        self.sent: asyncio.Event | None = None  # made only for a second receive()
+        self.done = False
 
-    async def send(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            if self.head is not None:
-                raise RuntimeError("the answer has started already")
-            status = message["status"]
-            lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
-            for name, value in message.get("headers", ()):
-                lowered = name.lower()
-                if lowered == b"connection" and value.lower() == b"close":
-                    self.close = True
-                lines.append(b"%s: %s\r\n" % (name, value))
-            outer = self.guard.outer
-            if not self.close and outer is not None and outer.close_pending:
-                self.close = True
-                lines.append(b"connection: close\r\n")
-            lines.append(_date_line())
-            self.head = b"".join(lines)
-        elif kind == "http.response.body":
-            if self.head is None or self.complete:
-                raise RuntimeError("a body without an answer started, or after its end")
-            self.parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                self.complete = True
-                transport = self.guard.transport
-                if transport is not None and not transport.is_closing():
-                    transport.write(b"".join((self.head, b"\r\n", *self.parts)))
-                if self.sent is not None:
-                    self.sent.set()
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        if self.done:
+            raise RuntimeError("the request has been answered already")
+        self.done = True
+        guard = self.guard
+        outer = guard.outer
+        close = guard.last_answer() or (outer is not None and outer.close_pending)
+        said = False  # the app closes the connection itself (e.g. after a refusal)
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+        for name, value in headers:
+            if name.lower() == b"connection" and value.lower() == b"close":
+                said = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if close and not said:
+            lines.append(b"connection: close\r\n")
+        lines += (_date_line(), b"\r\n", body)
+        transport = guard.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(lines))
+        guard._served(close or said)
 
 
 def _address(value: Any) -> tuple[str, int] | None:

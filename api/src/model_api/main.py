@@ -70,7 +70,7 @@ class ModelApp(FastAPI):
     the hot operations never enter FastAPI, everything else goes through it as usual."""
 
     state: AppState  # type: ignore[assignment]
-    front: ASGIApp | None = None
+    front: RequestMiddleware | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.front is None:

@@ -9,19 +9,24 @@ cost several times the inference. Everything else, including the 404/405 answers
 through FastAPI, where the same endpoints are also declared (routes.seed, routes.v2), so
 OpenAPI describes them and a V2 path naming another model gets the protocol's 404 there.
 
-Each answer is reported to the connection's guard (model_api.guard): while we make it,
+A hot request the guard collected whole (its fast path) comes to `serve_whole`, with no
+task or coroutine: the answer goes to the guard from the inference's done callback.
+Through uvicorn, each answer is reported to the connection's guard: while we make it,
 the connection waits for us, not for the client; and a client that half-closed gets
 `Connection: close` on its last answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +36,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_api.errors import ApiError, PayloadTooLargeError
-from model_api.guard import current_guard
+from model_api.guard import Respond, current_guard
 from model_api.logging import AccessLog, request_id
 from model_api.metrics import Metrics
 
@@ -93,12 +98,12 @@ class Reply:
 class Pending:
     """A hot endpoint's work under way. The endpoint checks the request and hands it to
     the data plane at once (raising an ApiError for a bad one); its answer is `reply`
-    applied to what `result` (usually the batcher's future) gives. Two phases instead of
-    one coroutine: the request's task then waits on the future itself, and resuming it
-    does not go through a chain of coroutines, a cost each request pays once it waited
-    for its batch."""
+    applied to what `result` (the batcher's future) gives. Two phases instead of one
+    coroutine: a request the guard serves itself needs no task at all (its answer goes
+    out from the future's done callback), and one in uvicorn's cycle waits on the future
+    itself, not through a chain of coroutines."""
 
-    result: Awaitable[Any]
+    result: asyncio.Future[Any]
     reply: Callable[[Any], Reply]
 
 
@@ -180,10 +185,10 @@ class RequestMiddleware:
             return
         started = time.perf_counter()
         headers = RequestHeaders(scope["headers"])
-        rid = headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
-        rid_text = rid.decode()
+        rid = self._request_id(headers)
         hot = self.hot_routes.get((scope["method"], scope["path"]))
         if hot is None:
+            rid_text = rid.decode()
             token = request_id.set(rid_text)
             status = 500
             try:
@@ -195,52 +200,26 @@ class RequestMiddleware:
                 request_id.reset(token)
             return
 
-        # A hot route: served here, in this coroutine (no request-id context variable:
-        # the endpoints log nothing per request, and an error line carries the id).
+        # A hot route, through uvicorn's request cycle: served here, in this coroutine.
+        exchange = _Exchange(self, hot, scope, rid, started)
         status = 500
         try:
             if headers.length is not None and _too_long(headers.length, self.max_body_bytes):
-                raise self._refusal(headers.length)
+                raise self._refusal(headers.length)  # not read at all
             message = await receive()
             if message["type"] == "http.request" and not message.get("more_body", False):
                 body: bytes = message.get("body", b"")  # the usual case: all of it at once
             else:
                 body = await self._body(message, receive)
-            if len(body) > self.max_body_bytes:  # came whole, in one piece (chunked)
-                raise PayloadTooLargeError(self._too_large())
-            call = Call(
-                self.state,
-                body,
-                rid_text,
-                hot.path_params,
-                headers.content_type.decode("latin-1"),
-                headers.encoding.decode("latin-1"),
-                None if headers.header_length is None else headers.header_length.decode("latin-1"),
-            )
             guard = current_guard.get()
             close = guard.answering() if guard is not None else False
             try:
-                try:
-                    pending = hot.endpoint(call)
-                    reply = pending.reply(await pending.result)
-                    status = 200
-                    response_headers = [
-                        (b"content-type", reply.content_type),
-                        (b"content-length", b"%d" % len(reply.body)),
-                        (b"x-model-version", reply.model_version.encode()),
-                        (b"x-request-id", rid),
-                        *reply.headers,
-                    ]
-                    response_body = reply.body
-                except ApiError as exc:
-                    status, response_headers, response_body = error_answer(rid, exc)
-                except Exception:
-                    log.exception(
-                        "unexpected error serving %s", hot.template, extra={"request_id": rid_text}
-                    )
-                    status, response_headers, response_body = error_answer(
-                        rid, ApiError("internal server error")
-                    )
+                answer = exchange.begin(headers, body)
+                if isinstance(answer, asyncio.Future):
+                    with contextlib.suppress(Exception):  # the exchange words it
+                        await answer
+                    answer = exchange.answer(answer)
+                status, response_headers, response_body = answer
                 if close:
                     response_headers.append(CLOSE)
                 await send(
@@ -255,7 +234,25 @@ class RequestMiddleware:
         except ClientDisconnected:
             status = 499
         finally:
-            self._record(scope, hot.template, status, started, rid_text)
+            exchange.record(status)
+
+    def serve_whole(self, scope: Scope, body: bytes, respond: Respond) -> None:
+        """A hot request that came whole (the guard's fast path, model_api.guard): served
+        without a task or a coroutine. Its answer goes to `respond` now if the endpoint
+        refuses it, else from the done callback of its inference's future."""
+        started = time.perf_counter()
+        headers = RequestHeaders(scope["headers"])
+        hot = self.hot_routes[scope["method"], scope["path"]]
+        exchange = _Exchange(self, hot, scope, self._request_id(headers), started)
+        answer = exchange.begin(headers, body)
+        if isinstance(answer, asyncio.Future):
+            answer.add_done_callback(functools.partial(exchange.respond, respond))
+        else:
+            exchange.send(answer, respond)
+
+    def _request_id(self, headers: RequestHeaders) -> bytes:
+        """The client's X-Request-ID if valid, else ours."""
+        return headers.request_id or b"%s%016x" % (self._id_prefix, next(self._ids))
 
     def _record(self, scope: Scope, template: str, status: int, started: float, rid: str) -> None:
         seconds = time.perf_counter() - started
@@ -344,6 +341,88 @@ class RequestMiddleware:
 
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class _Exchange:
+    """One hot request, from its whole body to its answer: what both ways in share. The
+    ASGI call awaits the inference in its task; the guard's fast path has no task, and
+    answers from the done callback of the inference's future."""
+
+    __slots__ = ("front", "hot", "reply", "rid", "rid_text", "scope", "started")
+
+    def __init__(
+        self, front: RequestMiddleware, hot: HotRoute, scope: Scope, rid: bytes, started: float
+    ) -> None:
+        self.front = front
+        self.hot = hot
+        self.scope = scope
+        self.rid = rid
+        self.rid_text = rid.decode()
+        self.started = started
+        self.reply: Callable[[Any], Reply] | None = None
+
+    def begin(self, headers: RequestHeaders, body: bytes) -> asyncio.Future[Any] | Answer:
+        """The body checked and handed to the endpoint: its inference under way, or the
+        answer at once if it is refused."""
+        front = self.front
+        try:
+            if len(body) > front.max_body_bytes:
+                raise front._refusal(b"%d" % len(body))
+            call = Call(
+                front.state,
+                body,
+                self.rid_text,
+                self.hot.path_params,
+                headers.content_type.decode("latin-1"),
+                headers.encoding.decode("latin-1"),
+                None if headers.header_length is None else headers.header_length.decode("latin-1"),
+            )
+            pending = self.hot.endpoint(call)
+        except Exception as exc:
+            return self._error(exc)
+        self.reply = pending.reply
+        return pending.result
+
+    def answer(self, result: asyncio.Future[Any]) -> Answer:
+        """The answer, once the inference is done."""
+        assert self.reply is not None
+        try:
+            reply = self.reply(result.result())
+        except (Exception, asyncio.CancelledError) as exc:
+            return self._error(exc)
+        headers = [
+            (b"content-type", reply.content_type),
+            (b"content-length", b"%d" % len(reply.body)),
+            (b"x-model-version", reply.model_version.encode()),
+            (b"x-request-id", self.rid),
+            *reply.headers,
+        ]
+        return 200, headers, reply.body
+
+    def respond(self, respond: Respond, result: asyncio.Future[Any]) -> None:
+        """The fast path's done callback."""
+        self.send(self.answer(result), respond)
+
+    def send(self, answer: Answer, respond: Respond) -> None:
+        status, headers, body = answer
+        try:
+            respond(status, headers, body)
+        finally:
+            self.record(status)
+
+    def record(self, status: int) -> None:
+        self.front._record(self.scope, self.hot.template, status, self.started, self.rid_text)
+
+    def _error(self, exc: BaseException) -> Answer:
+        if not isinstance(exc, ApiError):
+            log.error(
+                "unexpected error serving %s",
+                self.hot.template,
+                exc_info=exc,
+                extra={"request_id": self.rid_text},
+            )
+            exc = ApiError("internal server error")
+        return error_answer(self.rid, exc)
 
 
 def error_answer(rid: bytes, exc: ApiError) -> Answer:
