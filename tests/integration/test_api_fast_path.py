@@ -103,6 +103,23 @@ def test_a_whole_hot_request_in_one_read_is_served_by_the_guard_in_one_write() -
     asyncio.run(scenario())
 
 
+def test_the_app_gets_a_turns_requests_after_its_reads() -> None:
+    """The reads of one turn of the loop come first, then the app's work on them: the
+    requests that arrive together reach the app (and its batcher) together."""
+
+    async def scenario() -> None:
+        (one, _, calls, _, _), (two, _, other, _, _) = connection(), connection()
+        one.data_received(HOT)
+        two.data_received(HOT.replace(b"hi", b"ho"))
+        assert calls == other == []
+        await asyncio.sleep(0)
+        assert calls == ["fast POST /hot hi"] and other == ["fast POST /hot ho"]
+        one.connection_lost(None)
+        two.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -191,6 +208,7 @@ def test_a_shutdown_during_the_answer_closes_after_it() -> None:
     async def scenario() -> None:
         guard, transport, _, state, whole = connection(held=True)
         guard.data_received(HOT)
+        await asyncio.sleep(0)  # the app gets it right after the read
         for protocol in list(state.connections):
             protocol.shutdown()  # what uvicorn.Server.shutdown does
         assert not transport.closed
@@ -207,6 +225,7 @@ def test_a_half_closed_client_gets_its_answer_then_the_close() -> None:
         guard, transport, _, _, whole = connection(held=True)
         guard.data_received(HOT)
         assert guard.eof_received() is True  # kept open: an answer is owed
+        await asyncio.sleep(0)
         whole.release()
         assert transport.closed and transport.writes[0].endswith(b"fast:hi")
         assert b"connection: close" in transport.writes[0]
@@ -218,6 +237,7 @@ def test_a_client_gone_before_the_answer_gets_no_write() -> None:
     async def scenario() -> None:
         guard, transport, _, _, whole = connection(held=True)
         guard.data_received(HOT)
+        await asyncio.sleep(0)
         transport.close()
         guard.connection_lost(ConnectionResetError())
         whole.release()
@@ -261,6 +281,7 @@ def test_an_app_that_fails_without_answering_closes_the_connection() -> None:
         assert guard.fast is not None
         guard.fast = FastRoutes(guard.fast.routes, broken)
         guard.data_received(HOT)
+        await asyncio.sleep(0)
         assert broken.calls == 1 and transport.closed and transport.writes == []
         assert not guard.serving
 
@@ -274,7 +295,9 @@ def test_an_app_that_fails_after_its_answer_keeps_the_connection() -> None:
         assert guard.fast is not None
         guard.fast = FastRoutes(guard.fast.routes, broken)
         guard.data_received(HOT)
+        await asyncio.sleep(0)
         guard.data_received(HOT)
+        await asyncio.sleep(0)
         assert broken.calls == 2 and not transport.closed
         assert bodies(transport) == [b"ok", b"ok"]
 
@@ -294,6 +317,7 @@ def test_an_answer_is_given_once() -> None:
         assert guard.fast is not None
         guard.fast = FastRoutes(guard.fast.routes, Keeping())
         guard.data_received(HOT)
+        await asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="answered already"):
             given[0](200, [(b"content-length", b"2")], b"ok")
         assert bodies(transport) == [b"ok"] and guard.answers == 1

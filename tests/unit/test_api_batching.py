@@ -256,6 +256,7 @@ def test_in_a_thread_the_next_call_does_not_wait_for_the_event_loop() -> None:
         first = request(batcher, rows(1))
         await running(model)  # the first call is running in the thread
         later = [request(batcher, rows(v)) for v in (2, 3)]
+        await asyncio.sleep(0)  # the end of their turn: handed to the thread
         deadline = time.monotonic() + 30
         while len(model.calls) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)  # blocks the loop: no callback of the loop runs meanwhile
@@ -267,6 +268,28 @@ def test_in_a_thread_the_next_call_does_not_wait_for_the_event_loop() -> None:
         assert asyncio.run(main()) == [1, 2]
     finally:
         batcher.close()
+
+
+def test_in_a_thread_the_requests_of_one_turn_reach_an_idle_thread_together() -> None:
+    """The loop may let the GIL go between two requests of one turn (it does between two
+    reads): the idle thread still gets the turn's requests in one call, not the first
+    alone."""
+    model = FakeModel()
+    batcher = Batcher(model, 100, threads=1)  # type: ignore[arg-type]
+
+    async def main() -> list[Any]:
+        futures = []
+        for v in (1, 2, 3):
+            futures.append(request(batcher, rows(v)))
+            time.sleep(0.05)  # lets the GIL go, within the turn
+        return await asyncio.gather(*futures)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert model.calls == [3]
+    assert ys(results) == [[2], [4], [6]]
 
 
 @pytest.mark.parametrize("threads", [0, 1])

@@ -16,9 +16,10 @@ Where the calls run:
   more than such a model's inference.
 - in threads of their own (`threads` >= 1, models whose inference takes milliseconds):
   the loop keeps reading requests while calls run, up to `threads` calls at once on the
-  one session (Triton's model instances, without a copy of the model each). A thread
-  takes its next call itself as soon as its last one is done, with the requests that
-  arrived meanwhile, and hands the answers back to the loop in one step per call: the
+  one session (Triton's model instances, without a copy of the model each). The loop
+  hands the threads the requests of each turn together, at the turn's end. A thread
+  takes its next call itself as soon as its last one is done, with the requests handed
+  over meanwhile, and hands the answers back to the loop in one step per call: the
   model never waits for a turn of the loop, which may be busy reading and answering
   requests. ONNX Runtime releases the GIL while it runs.
 
@@ -86,6 +87,7 @@ class Batcher:
         self.metrics = metrics
         self.threads = threads
         self._waiting: list[_Waiting] = []
+        self._arriving: list[_Waiting] = []  # this turn of the loop's, for the threads
         self._ready = threading.Condition(threading.Lock())  # guards _waiting; wakes threads
         self._idle = 0  # threads waiting for requests
         self._started = False
@@ -111,10 +113,9 @@ class Batcher:
             self._waiting.append(waiting)
             self._schedule(loop)
             return future
-        with self._ready:
-            self._waiting.append(waiting)
-            if self._idle:
-                self._ready.notify()
+        self._arriving.append(waiting)
+        if len(self._arriving) == 1:
+            loop.call_soon(self._hand_over)
         if not self._started:
             self._started = True
             for i in range(self.threads):
@@ -127,6 +128,18 @@ class Batcher:
             self._ready.notify_all()
 
     # -- in threads of their own ---------------------------------------------------------
+    def _hand_over(self) -> None:
+        """The requests that arrived in one turn of the loop go to the threads together.
+        One by one, an idle thread would take the first alone whenever the loop lets the
+        GIL go between two of them (it does between two reads), and the others would wait
+        for the next call: on a machine of few cores, calls of a few rows each instead of
+        one of all (measured on mlp_bench, 16 clients: 5-12 rows a call instead of 15)."""
+        arrived, self._arriving = self._arriving, []
+        with self._ready:
+            self._waiting.extend(arrived)
+            if self._idle:
+                self._ready.notify()
+
     def _serve(self) -> None:
         """Take the next call as soon as the last one is done: no turn of the loop between."""
         while True:
