@@ -211,11 +211,10 @@ def _cast_numbers(values: np.ndarray, datatype: DataType) -> np.ndarray:
             if not all(-limit <= v <= limit for v in values.ravel().tolist()):  # NaN fails
                 raise DataError(_not_finite(datatype, limit))
             return values.astype(datatype.dtype)
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = values.astype(datatype.dtype)
-        if not np.isfinite(cast).all():  # NaN, infinity, or beyond the type's range
+        # NaN, infinity, or beyond the type's range (integers never are).
+        if kind == "f" and not np.abs(values).max() <= limit:
             raise DataError(_not_finite(datatype, limit))
-        return cast
+        return values.astype(datatype.dtype)
     if kind == "f":
         raise DataError(f"{datatype.name} values must be integers")
     if values.dtype != datatype.dtype:  # numpy read int64 (or uint64): check the range
