@@ -142,6 +142,8 @@ class Guard(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.outer: Coalescing | None = None  # what uvicorn's protocol writes to
         self.peer = "-"
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn
         # loop.time() since when a head / a body has been awaited; None: not awaited.
@@ -173,9 +175,11 @@ class Guard(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"{peer[0]}:{peer[1]}"
+        # The fast path's scopes name both ends: read once per connection.
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        if self.client is not None:
+            self.peer = f"{self.client[0]}:{self.client[1]}"
         self.head_since = self.loop.time()  # the first request's head counts from here
         _watchdog(self.loop, self.limits).add(self)
         self.outer = Coalescing(transport)
@@ -350,13 +354,12 @@ class Guard(asyncio.Protocol):
         # uvicorn's protocol sees no request of these: its keep-alive countdown from an
         # earlier answer of its own must not run out under ours (empty data resets it).
         self.inner.data_received(b"")
-        transport = self.transport
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
-            "server": _address(transport.get_extra_info("sockname")),
-            "client": _address(transport.get_extra_info("peername")),
+            "server": self.server,
+            "client": self.client,
             "scheme": "http",
             "method": request.method,
             "root_path": "",
