@@ -66,8 +66,9 @@ class Whole:
 
 
 def connection(
-    held: bool = False,
+    held: bool = False, app: Any = None
 ) -> tuple[Guard, RecordingTransport, list[str], uvicorn.server.ServerState, Whole]:
+    """A guard on a recording transport; its fast path's app is `app`, else a `Whole`."""
     calls: list[str] = []
     config = uvicorn.Config(
         App(calls), http=GUARD, log_config=None, lifespan="off", timeout_keep_alive=5
@@ -75,7 +76,7 @@ def connection(
     config.load()
     state = uvicorn.server.ServerState()
     whole = Whole(calls, held)
-    fast = FastRoutes({("POST", "/hot"): None}, whole)
+    fast = FastRoutes({("POST", "/hot"): None}, app or whole)
     guard = Guard(config=config, server_state=state, app_state={FAST_STATE: fast})
     transport = RecordingTransport()
     guard.connection_made(transport)
@@ -274,39 +275,27 @@ class Broken:
         raise RuntimeError("boom")
 
 
-def test_an_app_that_fails_without_answering_closes_the_connection() -> None:
+@pytest.mark.parametrize("answer_first", [False, True], ids=["unanswered", "answered"])
+def test_an_app_that_fails_closes_the_connection_unless_it_answered(answer_first: bool) -> None:
     async def scenario() -> None:
-        guard, transport, _, _, _ = connection()
-        broken = Broken(answer_first=False)
-        assert guard.fast is not None
-        guard.fast = FastRoutes(guard.fast.routes, broken)
+        broken = Broken(answer_first)
+        guard, transport, _, _, _ = connection(app=broken)
         guard.data_received(HOT)
         await asyncio.sleep(0)
-        assert broken.calls == 1 and transport.closed and transport.writes == []
-        assert not guard.serving
-
-    asyncio.run(scenario())
-
-
-def test_an_app_that_fails_after_its_answer_keeps_the_connection() -> None:
-    async def scenario() -> None:
-        guard, transport, _, _, _ = connection()
-        broken = Broken(answer_first=True)
-        assert guard.fast is not None
-        guard.fast = FastRoutes(guard.fast.routes, broken)
-        guard.data_received(HOT)
-        await asyncio.sleep(0)
-        guard.data_received(HOT)
-        await asyncio.sleep(0)
-        assert broken.calls == 2 and not transport.closed
-        assert bodies(transport) == [b"ok", b"ok"]
+        assert broken.calls == 1 and not guard.serving
+        if answer_first:  # kept alive: the next request alike
+            guard.data_received(HOT)
+            await asyncio.sleep(0)
+            assert broken.calls == 2 and not transport.closed
+            assert bodies(transport) == [b"ok", b"ok"]
+        else:
+            assert transport.closed and transport.writes == []
 
     asyncio.run(scenario())
 
 
 def test_an_answer_is_given_once() -> None:
     async def scenario() -> None:
-        guard, transport, _, _, _ = connection()
         given: list[Respond] = []
 
         class Keeping:
@@ -314,8 +303,7 @@ def test_an_answer_is_given_once() -> None:
                 given.append(respond)
                 respond(200, [(b"content-length", b"2")], b"ok")
 
-        assert guard.fast is not None
-        guard.fast = FastRoutes(guard.fast.routes, Keeping())
+        guard, transport, _, _, _ = connection(app=Keeping())
         guard.data_received(HOT)
         await asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="answered already"):

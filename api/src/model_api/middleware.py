@@ -246,7 +246,7 @@ class RequestMiddleware:
         exchange = _Exchange(self, hot, scope, self._request_id(headers), started)
         answer = exchange.begin(headers, body)
         if isinstance(answer, asyncio.Future):
-            answer.add_done_callback(functools.partial(exchange.respond, respond))
+            answer.add_done_callback(functools.partial(exchange.finish, respond))
         else:
             exchange.send(answer, respond)
 
@@ -399,8 +399,8 @@ class _Exchange:
         ]
         return 200, headers, reply.body
 
-    def respond(self, respond: Respond, result: asyncio.Future[Any]) -> None:
-        """The fast path's done callback."""
+    def finish(self, respond: Respond, result: asyncio.Future[Any]) -> None:
+        """The fast path's done callback: the answer, to the guard."""
         self.send(self.answer(result), respond)
 
     def send(self, answer: Answer, respond: Respond) -> None:
