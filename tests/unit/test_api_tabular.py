@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
@@ -86,3 +88,48 @@ def test_labels_that_fit_no_output_are_a_broken_version(tmp_path: Path) -> None:
     model.labels = ["a", "b", "c"]
     with pytest.raises(ModelInvalidError, match=r"\[2\] classes but its labels are 3"):
         tabular(model)
+
+
+def test_one_output_per_class_is_answered_as_rows_of_them(tmp_path: Path) -> None:
+    """scikit-learn exported with zipmap="columns": the label, then one [N] output of
+    probabilities per class. /predict answers them side by side, as the default export's
+    [N, classes]; /predict/label names the largest with label.json's labels."""
+    from fastapi.testclient import TestClient
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from model_api.config import ApiSettings
+    from model_api.main import create_app
+    from tests.unit.test_api_app import wait_ready
+
+    x, y = load_iris(return_X_y=True)
+    fitted = LogisticRegression(max_iter=500).fit(x, y)
+    exported = to_onnx(
+        fitted,
+        x[:1].astype(np.float32),
+        options={id(fitted): {"zipmap": "columns"}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    version = tmp_path / "columns" / "v1"
+    version.mkdir(parents=True)
+    onnx.save(exported, version / "model.onnx")
+    model = OnnxModel.load(version)
+    view = tabular(model)
+    assert isinstance(view, Tabular) and len(view.columns) == 3 and view.labels is None
+    rows = x[[0, 100, 60]].astype(np.float32)
+    expected = np.stack(model.session.run(list(view.outputs), {"X": rows}), axis=1)
+
+    names = ["setosa", "versicolor", "virginica"]
+    (version / "label.json").write_text(json.dumps(dict(enumerate(names))))
+    with TestClient(create_app(ApiSettings(MODEL_DIR=str(version)))) as client:  # type: ignore[call-arg]
+        wait_ready(client)
+        predicted = client.post("/predict", json={"data": rows.tolist()}).json()["prediction"]
+        labelled = client.post("/predict/label", json={"data": rows.tolist()}).json()
+    assert np.array(predicted, dtype=np.float32).tolist() == expected.tolist()
+    assert labelled == {"prediction": [names[i] for i in expected.argmax(axis=1)]}
+    assert labelled["prediction"] == ["setosa", "virginica", "versicolor"]
+
+    (version / "label.json").write_text(json.dumps({"0": "a", "1": "b"}))
+    with pytest.raises(ModelInvalidError, match=r"3 class outputs \(.*\) but its labels are 2"):
+        tabular(OnnxModel.load(version))

@@ -97,7 +97,7 @@ def _check_sample(model: OnnxModel, view: Tabular) -> None:
         problem = view.input.shape_problem(rows.shape)
         if problem is not None:
             raise ValueError(problem)
-        model.run({view.input.name: rows}, [view.output.name])
+        model.run({view.input.name: rows}, view.outputs)
     except Exception as exc:  # numpy's and onnxruntime's errors alike: the file is at fault
         raise ModelInvalidError(
             f"{model.path}/sample.json does not fit the model: {first_line(exc)}"

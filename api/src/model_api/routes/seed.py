@@ -94,13 +94,13 @@ def _rows(call: Call, view: Tabular) -> np.ndarray:
 
 def _submit(call: Call, model: OnnxModel, view: Tabular, rows: np.ndarray) -> Any:
     batch = len(rows) if model.batches else None
-    return call.state.dataplane.infer({view.input.name: rows}, (view.output.name,), batch)
+    return call.state.dataplane.infer({view.input.name: rows}, view.outputs, batch)
 
 
 def _predictions(model: OnnxModel, view: Tabular) -> Callable[[Arrays], Reply]:
     def reply(outputs: Arrays) -> Reply:
         # Python floats (doubles) of the float32 values: the digits are those of the seed.
-        rows = outputs[0].tolist()
+        rows = view.rows(outputs).tolist()
         body = orjson.dumps({"prediction": rows[0] if len(rows) == 1 else rows})
         return Reply(body, model.version)
 
@@ -112,11 +112,12 @@ def _labels(model: OnnxModel, view: Tabular) -> Callable[[Arrays], Reply]:
     if names is None:
         raise NotFoundError(
             f"{model.name} {model.version} has no labels (model-config.json or label.json); "
-            f"POST /predict answers its {view.output.name!r} output"
+            f"POST /predict answers its {', '.join(map(repr, view.outputs))} "
+            f"output{'s' if len(view.outputs) > 1 else ''}"
         )
 
     def reply(outputs: Arrays) -> Reply:
-        labels = [names[i] for i in outputs[0].argmax(axis=1).tolist()]
+        labels = [names[i] for i in view.rows(outputs).argmax(axis=1).tolist()]
         body = orjson.dumps({"prediction": labels[0] if len(labels) == 1 else labels})
         return Reply(body, model.version)
 
