@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import shutil
@@ -313,3 +314,48 @@ def test_the_verified_signature_is_reported_everywhere(tmp_path: Path) -> None:
     with TestClient(unsigned) as c:
         assert c.get("/metadata").json()["signature"] is None
         assert "signer" not in c.get("/v2/models/iris_svc").json()["parameters"]
+
+
+def test_the_guards_fast_path_answers_as_uvicorns_cycle(client: TestClient) -> None:
+    """A whole request the guard hands to the front door (serve_whole: no task, the
+    answer from the inference's done callback) gets the answer the ASGI call gives."""
+    app = create_app(make_settings(MAX_BATCH_SIZE="200"))
+    limit = app.state.max_body_bytes
+    bodies = [
+        json.dumps({"data": [SETOSA, VIRGINICA]}).encode(),
+        b'{"data": [[1, 2]]}',  # 422: the wrong number of features (the seed's)
+        b"[" + b" " * limit + b"]",  # 413
+    ]
+
+    async def fast() -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        answers = []
+        async with app.router.lifespan_context(app):
+            while app.state.dataplane.model is None:
+                await asyncio.sleep(0.01)
+            assert app.front is not None
+            for body in bodies:
+                answered = asyncio.get_running_loop().create_future()
+                scope = {
+                    "type": "http",
+                    "method": "POST",
+                    "path": "/predict",
+                    "http_version": "1.1",
+                    "client": ("127.0.0.1", 40000),
+                    "headers": [(b"content-type", b"application/json"), (b"x-request-id", b"f-1")],
+                }
+                app.front.serve_whole(scope, body, lambda *a, f=answered: f.set_result(a))
+                status, headers, content = await answered
+                answers.append((status, dict(headers), content))
+        return answers
+
+    got = asyncio.run(fast())
+    assert [status for status, _, _ in got] == [200, 422, 413]
+    for body, (status, headers, content) in zip(bodies, got, strict=True):
+        want = client.post(
+            "/predict",
+            content=body,
+            headers={"content-type": "application/json", "x-request-id": "f-1"},
+        )
+        assert (status, content) == (want.status_code, want.content)
+        assert headers[b"x-request-id"] == b"f-1"
+        assert headers[b"content-type"] == want.headers["content-type"].encode()
