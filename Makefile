@@ -17,14 +17,27 @@ help: ## list the targets
 	  /^[a-z0-9-]+:.*## /{printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # --- the stack ----------------------------------------------------------------
-.PHONY: up up-gcs down logs ps
-up: ## build, start, wait until the API is ready, print its URL
-	$(COMPOSE) up -d --build --wait --wait-timeout 300
+.PHONY: up up-gcs down logs ps why
+WAIT_SECONDS ?= 300
+# For compose command $(1): each service's state, and the last error line of the loader and
+# of the API (what `up` prints when the stack does not come up).
+why_for = $(1) ps -a --format 'table {{.Service}}\t{{.Status}}'; \
+	for svc in loader api; do \
+	  $(1) logs --no-log-prefix $$svc 2>/dev/null | grep -E '\b(ERROR|CRITICAL)\b' | tail -n 1 \
+	    | sed "s/^/$$svc: /"; \
+	done
+
+up: ## build, start, wait until the API is ready, print its URL (or why it is not)
+	$(COMPOSE) up -d --build --wait --wait-timeout $(WAIT_SECONDS) || { $(call why_for,$(COMPOSE)); exit 1; }
 	@echo "API ready: http://127.0.0.1:$(API_HOST_PORT)  (try: curl http://127.0.0.1:$(API_HOST_PORT)/predict/test)"
+
+why: ## why the stack is not ready: each service's state, the loader's and API's last error
+	@$(call why_for,$(COMPOSE))
 
 # GCS_CREDENTIALS_FILE=key.json MODEL_URI=gs://bucket/name/version/ make up-gcs  (docs/operations.md)
 up-gcs: ## like up, but the loader reads real GCS with the key file GCS_CREDENTIALS_FILE
-	$(COMPOSE) -f compose.yaml -f compose.gcs.yaml up -d --build --wait --wait-timeout 300
+	$(COMPOSE) -f compose.yaml -f compose.gcs.yaml up -d --build --wait --wait-timeout $(WAIT_SECONDS) \
+	  || { $(call why_for,$(COMPOSE) -f compose.yaml -f compose.gcs.yaml); exit 1; }
 	@echo "API ready: http://127.0.0.1:$(API_HOST_PORT)  (serving $(MODEL_URI))"
 
 down: ## stop the stack and remove its containers and volume

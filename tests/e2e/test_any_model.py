@@ -97,3 +97,9 @@ def test_a_model_over_the_memory_limit_exits_3_with_one_line(
     (error,) = errors
     assert "over the container's memory limit of 96 MiB: raise API_MEMORY_LIMIT" in error
     assert "the model's 64 MiB need" in error
+    # `make why` (what `make up` prints when the stack does not come up) says so: the
+    # services' states, then the API's line (the loader, which succeeded, has none).
+    why = text_stack.make("why").stdout
+    said = [line for line in why.splitlines() if line.startswith(("api: ", "loader: "))]
+    assert len(said) == 1 and said[0].startswith("api: ") and said[0].endswith(error), why
+    assert "loader " in why and "Exited (0)" in why

@@ -144,11 +144,16 @@ class Stack:
 
     def rollout(self, *make_args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """`make rollout MODEL_URI=...` (or `make rollback`) on this stack."""
-        target = "rollback" if not make_args else "rollout"
+        return self.make("rollback" if not make_args else "rollout", *make_args, timeout=timeout)
+
+    def make(
+        self, target: str, *make_args: str, timeout: float = 600, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """`make <target>` on this stack (its compose command as COMPOSE), not checked."""
         return subprocess.run(
             ["make", "--no-print-directory", "-C", str(ROOT), target,
              f"COMPOSE={shlex.join(self.compose_command)}", *make_args],
-            env=self.env, capture_output=True, text=True, timeout=timeout,
+            env={**self.env, **env}, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
     def proxy_stats(self) -> dict[str, dict[str, str]]:
