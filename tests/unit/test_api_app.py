@@ -330,7 +330,9 @@ def test_the_guards_fast_path_answers_as_uvicorns_cycle(client: TestClient) -> N
     async def fast() -> list[tuple[int, dict[bytes, bytes], bytes]]:
         answers = []
         async with app.router.lifespan_context(app):
-            while app.state.dataplane.model is None:
+            deadline = time.monotonic() + 20
+            while app.state.dataplane.model is None:  # loaded in the background
+                assert time.monotonic() < deadline, "not loaded in time"
                 await asyncio.sleep(0.01)
             assert app.front is not None
             for body in bodies:

@@ -144,6 +144,7 @@ def test_few_and_many_float_values_read_alike(name: str) -> None:
             from_json(wide, DATATYPES[name], [4]), from_json(wide * 20, DATATYPES[name], [80])[:4]
         )
     beyond = [[1.0, 1e39]] if name != "FP64" else []  # finite in float64, not in the type
+    beyond += [[1, 70000]] if name == "FP16" else []  # integers, beyond FP16's 65504
     for bad in ([1.0, float("inf")], [1.0, 2**1024], [2**1024, 1], *beyond):
         for reps in (1, 40):
             with pytest.raises(DataError, match="must be finite numbers within"):

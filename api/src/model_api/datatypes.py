@@ -211,8 +211,9 @@ def _cast_numbers(values: np.ndarray, datatype: DataType) -> np.ndarray:
             if not all(-limit <= v <= limit for v in values.ravel().tolist()):  # NaN fails
                 raise DataError(_not_finite(datatype, limit))
             return values.astype(datatype.dtype)
-        # NaN, infinity, or beyond the type's range (integers never are).
-        if kind == "f" and not np.abs(values).max() <= limit:
+        # NaN (min and max carry it: both comparisons fail), infinity, or beyond the
+        # type's range (integers too: FP16 ends at 65504).
+        if not (-limit <= values.min() and values.max() <= limit):
             raise DataError(_not_finite(datatype, limit))
         return values.astype(datatype.dtype)
     if kind == "f":
